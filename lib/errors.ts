@@ -27,8 +27,14 @@ export const FST_SESSION_INVALID_USER = createError<[string]>(
 export const FST_SESSION_DESTROYED = createError(
   'FST_SESSION_DESTROYED', 'The session was destroyed on this request and can no longer be changed', 500)
 
-export const FST_SESSION_STORE_UNAVAILABLE = createError<[string]>(
+export const FST_SESSION_STORE_UNAVAILABLE = createError<[string, { cause: unknown }?]>(
   'FST_SESSION_STORE_UNAVAILABLE', 'The session store is unavailable: %s', 503)
 
 export const FST_SESSION_UNSUPPORTED = createError<[string, string]>(
   'FST_SESSION_UNSUPPORTED', 'The session provider does not support %s: %s', 500)
+
+export const FST_SESSION_INVALID_TABLE = createError<[string, string]>(
+  'FST_SESSION_INVALID_TABLE', 'Invalid session table name %s: %s', 500, TypeError)
+
+export const FST_SESSION_MISSING_TABLE = createError<[string]>(
+  'FST_SESSION_MISSING_TABLE', 'The session table %s does not exist and createTable is false', 500)

@@ -1,0 +1,152 @@
+import { createHmac, createSecretKey, timingSafeEqual, type KeyObject } from 'node:crypto'
+import { isWellFormedId } from './id.js'
+
+/** Cookies longer than this are not ours to read (browsers cap a cookie at 4096 bytes). */
+export const MAX_COOKIE_LENGTH = 4096
+
+/** A verified session cookie: the id and whether it must be re-signed with the current secret. */
+export interface VerifiedCookie {
+  id: string
+  renew: boolean
+}
+
+/**
+ * Signs and verifies cookie values as `<value>.<signature>`, the signature
+ * being unpadded base64 HMAC-SHA256, exactly as @fastify/cookie's signer
+ * makes it. The first secret signs; every secret verifies.
+ */
+export class CookieSigner {
+  private readonly keys: KeyObject[]
+
+  constructor (secrets: readonly string[]) {
+    this.keys = secrets.map((secret) => createSecretKey(Buffer.from(secret)))
+  }
+
+  sign (value: string): string {
+    return value + '.' + this.mac(this.keys[0], value)
+  }
+
+  /** The id inside a cookie value, or `null` when it is malformed or its signature fails. */
+  verify (cookie: string): VerifiedCookie | null {
+    const dot = cookie.lastIndexOf('.')
+    if (dot === -1) return null
+    const id = cookie.slice(0, dot)
+    if (!isWellFormedId(id)) return null
+    const signature = Buffer.from(cookie.slice(dot + 1))
+    for (let i = 0; i < this.keys.length; i++) {
+      const expected = Buffer.from(this.mac(this.keys[i], id))
+      if (expected.length === signature.length && timingSafeEqual(expected, signature)) {
+        return { id, renew: i > 0 }
+      }
+    }
+    return null
+  }
+
+  private mac (key: KeyObject, value: string): string {
+    const digest = createHmac('sha256', key).update(value).digest('base64')
+    // 32 bytes of base64 always end in exactly one '=' of padding
+    return digest.slice(0, -1)
+  }
+}
+
+/**
+ * Calls `accept` with each value of cookie `name` in a `Cookie` header, in
+ * order, until it answers something other than `null`. A header may carry
+ * the same name several times (a parent-domain cookie beside ours); the first
+ * value that verifies wins.
+ */
+export function findCookie<T> (header: string, name: string, accept: (value: string) => T | null): T | null {
+  let from = 0
+  while (from < header.length) {
+    const at = header.indexOf(name, from)
+    if (at === -1) return null
+    from = at + name.length
+    if (header.charCodeAt(from) !== 61 /* = */ || !atCookieStart(header, at)) continue
+    let end = header.indexOf(';', from)
+    if (end === -1) end = header.length
+    const raw = header.slice(from + 1, end).trim()
+    from = end
+    if (raw.length === 0 || raw.length > MAX_COOKIE_LENGTH) continue
+    const value = decode(raw)
+    if (value === null) continue
+    const result = accept(value)
+    if (result !== null) return result
+  }
+  return null
+}
+
+function atCookieStart (header: string, at: number): boolean {
+  for (let i = at - 1; i >= 0; i--) {
+    const code = header.charCodeAt(i)
+    if (code === 59 /* ; */) return true
+    if (code !== 32 && code !== 9) return false
+  }
+  return true
+}
+
+/** Undoes the quoting and percent-encoding other cookie writers apply; `null` when the encoding is broken. */
+function decode (raw: string): string | null {
+  let value = raw
+  if (value.length > 1 && value.charCodeAt(0) === 34 && value.charCodeAt(value.length - 1) === 34) {
+    value = value.slice(1, -1)
+  }
+  if (!value.includes('%')) return value
+  try {
+    return decodeURIComponent(value)
+  } catch {
+    return null
+  }
+}
+
+/** The attributes of the session cookie, as the plugin options give them. */
+export interface CookieAttributes {
+  path: string
+  domain: string | undefined
+  httpOnly: boolean
+  sameSite: 'lax' | 'strict' | 'none' | false
+  secure: boolean | 'auto'
+  maxAge: number | undefined
+  partitioned: boolean
+}
+
+/**
+ * Serialises the session cookie. The attribute tails are built once at
+ * registration, so a response only concatenates strings.
+ */
+export class CookieWriter {
+  private readonly prefix: string
+  private readonly tail: string
+  private readonly secureTail: string
+  private readonly clearTail: string
+  private readonly clearSecureTail: string
+
+  constructor (name: string, readonly attributes: CookieAttributes) {
+    this.prefix = name + '='
+    let common = '; Path=' + attributes.path
+    if (attributes.domain !== undefined) common += '; Domain=' + attributes.domain
+    let flags = ''
+    if (attributes.httpOnly) flags += '; HttpOnly'
+    if (attributes.sameSite !== false) flags += '; SameSite=' + attributes.sameSite[0].toUpperCase() + attributes.sameSite.slice(1)
+    const secureFlags = '; Secure' + (attributes.partitioned ? '; Partitioned' : '')
+    const maxAge = attributes.maxAge === undefined ? '' : '; Max-Age=' + Math.floor(attributes.maxAge)
+    this.tail = common + maxAge + flags
+    this.secureTail = this.tail + secureFlags
+    const clear = common + '; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT' + flags
+    this.clearTail = clear
+    this.clearSecureTail = clear + secureFlags
+  }
+
+  /** Whether the cookie carries Secure on a request that came over `protocol`. */
+  isSecure (protocol: string): boolean {
+    const { secure } = this.attributes
+    return secure === 'auto' ? protocol === 'https' : secure
+  }
+
+  serialize (value: string, secure: boolean): string {
+    return this.prefix + value + (secure ? this.secureTail : this.tail)
+  }
+
+  serializeClear (secure: boolean): string {
+    return this.prefix + (secure ? this.clearSecureTail : this.clearTail)
+  }
+}

@@ -1,0 +1,314 @@
+import { createHash, createHmac } from 'node:crypto'
+import type { FastifyBaseLogger, FastifyReply, FastifyRequest } from 'fastify'
+import { CookieSigner, CookieWriter, findCookie, type VerifiedCookie } from './cookie.js'
+import { FST_SESSION_INVALID_USER, FST_SESSION_STORE_UNAVAILABLE, FST_SESSION_UNSUPPORTED } from './errors.js'
+import { storeKey } from './id.js'
+import type { ResolvedOptions } from './options.js'
+import type { SessionPatch, SessionProvider, StoredSession } from './provider.js'
+import { Session, userOf } from './session.js'
+
+/** One session of a user, as `listUserSessions` shows it. Times are epoch milliseconds. */
+export interface UserSessionEntry {
+  /** Names the session for `destroyUserSession`; unguessable, and useless as a cookie. */
+  handle: string
+  createdAt: number
+  /** The last time the idle deadline was written (a write, or a throttled touch). */
+  lastSeenAt: number
+  expiresAt: number
+  /** The values of the `userInfoKeys` the session holds. */
+  info: Record<string, unknown>
+}
+
+type Settled<T> = T | Promise<T>
+
+function isPromise<T> (value: Settled<T>): value is Promise<T> {
+  return typeof (value as Promise<T> | null)?.then === 'function'
+}
+
+/** 22 base64url characters: 132 bits of the keyed hash. */
+const HANDLE_LENGTH = 22
+
+/**
+ * The seed's Manager, as `fastify.sessions`: it owns the provider, turns
+ * cookies into sessions and sessions back into store writes and cookies.
+ */
+export class SessionManager {
+  /** The live provider instance; it may be handed to another app as its `provider`. */
+  readonly provider: SessionProvider
+  /** @internal */
+  readonly options: ResolvedOptions
+  readonly #signer: CookieSigner
+  readonly #writer: CookieWriter
+  readonly #handleKey: Buffer
+  readonly #verify: (value: string) => VerifiedCookie | null
+
+  /** @internal */
+  constructor (provider: SessionProvider, options: ResolvedOptions) {
+    this.provider = provider
+    this.options = options
+    this.#signer = new CookieSigner(options.secrets)
+    this.#writer = new CookieWriter(options.cookieName, options.cookie)
+    this.#handleKey = createHash('sha256').update('fastify-sessions handle\0' + options.secrets[0]).digest()
+    this.#verify = (value) => this.#signer.verify(value)
+  }
+
+  /** Deletes the session with this id. Answers whether a live one was deleted. */
+  async destroy (id: string): Promise<boolean> {
+    return this.destroyKey(storeKey(id))
+  }
+
+  /** Runs a sweep now, if the provider needs them; answers how many sessions it removed. */
+  async gc (): Promise<number> {
+    if (this.provider.gc === undefined) return 0
+    return this.#call(() => (this.provider.gc as () => Settled<number>)())
+  }
+
+  /** The live sessions of `userId`, most recently seen first. */
+  async listUserSessions (userId: string | number): Promise<UserSessionEntry[]> {
+    const user = this.#user(userId)
+    const listByUser = this.provider.listByUser
+    if (listByUser === undefined) throw new FST_SESSION_UNSUPPORTED('listing sessions by user', 'it has no listByUser()')
+    const records = await this.#call(() => listByUser.call(this.provider, user, this.options.userInfoKeys))
+    const now = Date.now()
+    return records
+      .filter((record) => this.#live(record, now))
+      .sort((a, b) => b.lastSeenAt - a.lastSeenAt)
+      .map((record) => ({
+        handle: this.handleOf(record.key),
+        createdAt: record.createdAt,
+        lastSeenAt: record.lastSeenAt,
+        expiresAt: record.expiresAt,
+        info: Object.fromEntries([...record.info].map(([key, json]) => [key, JSON.parse(json)]))
+      }))
+  }
+
+  /**
+   * Ends every session of `userId` but the one named by `except` (a session,
+   * such as `request.session`, or a handle); answers how many ended.
+   */
+  async destroyUserSessions (userId: string | number, options: { except?: Session | string } = {}): Promise<number> {
+    const user = this.#user(userId)
+    const destroyByUser = this.provider.destroyByUser
+    if (destroyByUser === undefined) throw new FST_SESSION_UNSUPPORTED('ending sessions by user', 'it has no destroyByUser()')
+    const { except } = options
+    let exceptKey: string | undefined
+    if (except instanceof Session) {
+      exceptKey = except.previousKey ?? except.key
+    } else if (typeof except === 'string') {
+      exceptKey = await this.#keyOfHandle(user, except)
+    }
+    return this.#call(() => destroyByUser.call(this.provider, user, exceptKey))
+  }
+
+  /** Ends the session of `userId` that `handle` names; answers whether it ended one. */
+  async destroyUserSession (userId: string | number, handle: string): Promise<boolean> {
+    const key = await this.#keyOfHandle(this.#user(userId), handle)
+    return key === undefined ? false : this.destroyKey(key)
+  }
+
+  /** @internal */
+  handleOf (key: string): string {
+    return createHmac('sha256', this.#handleKey).update(key).digest('base64url').slice(0, HANDLE_LENGTH)
+  }
+
+  /** @internal A new, empty session. */
+  empty (): Session {
+    return new Session(this, null, null, Date.now(), false)
+  }
+
+  /** @internal The deadline of a session created at `createdAt`, used at `now`. */
+  deadline (createdAt: number, now: number): number {
+    return Math.min(now + this.options.idleMs, createdAt + this.options.absoluteMs)
+  }
+
+  /** @internal */
+  async destroyKey (key: string): Promise<boolean> {
+    return this.#call(() => this.provider.destroy(key))
+  }
+
+  /**
+   * @internal Finds the request's session. Calls `done` with it, or with a
+   * store failure; answers synchronously when the store does.
+   */
+  load (request: FastifyRequest, done: (err: Error | null, session: Session | null) => void): void {
+    const now = Date.now()
+    const header = request.headers.cookie
+    const cookie = header === undefined ? null : findCookie(header, this.options.cookieName, this.#verify)
+    if (cookie === null) {
+      done(null, new Session(this, null, null, now, false))
+      return
+    }
+    this.#settle(() => this.provider.get(storeKey(cookie.id)), (err, record) => {
+      if (err !== null) done(err, null)
+      else if (record === null || !this.#live(record, now)) done(null, new Session(this, null, null, now, false))
+      else done(null, new Session(this, cookie.id, record, now, cookie.renew))
+    })
+  }
+
+  /**
+   * @internal Writes what the request changed and sets the cookie. Calls
+   * `done` at once when there is nothing to write.
+   */
+  save (session: Session, request: FastifyRequest, reply: FastifyReply, done: (err: Error | null) => void): void {
+    if (session.destroyed) {
+      this.#setCookie(reply, request, null)
+      done(null)
+      return
+    }
+    const changes = session.changes()
+    const record = session.record
+    if (record === null || session.regenerated) {
+      if (changes === null && !session.regenerated) {
+        done(null)
+        return
+      }
+      this.#create(session, request, reply, done)
+      return
+    }
+    const now = Date.now()
+    const touch = session.touchRequested || now - record.lastSeenAt >= this.options.touchAfterMs
+    if (changes === null && !touch) {
+      if (session.renew) this.#setCookie(reply, request, session.id)
+      done(null)
+      return
+    }
+    const expiresAt = this.deadline(record.createdAt, now)
+    if (changes === null && !session.touchRequested && expiresAt === record.expiresAt) {
+      if (session.renew) this.#setCookie(reply, request, session.id)
+      done(null)
+      return
+    }
+    const patch = this.#patch(changes, now, expiresAt)
+    this.#settle(() => this.provider.update(session.key, patch), (err, updated) => {
+      if (err === null && updated && (session.renew || this.options.cookie.maxAge !== undefined)) {
+        this.#setCookie(reply, request, session.id)
+      }
+      done(err)
+    })
+  }
+
+  /** @internal Logs a store failure once, at warn level, with its cause. */
+  warn (log: FastifyBaseLogger, err: Error, what: string): void {
+    log.warn({ err: (err as Error & { cause?: unknown }).cause ?? err }, `session store unavailable while ${what}: ${err.message}`)
+  }
+
+  #create (session: Session, request: FastifyRequest, reply: FastifyReply, done: (err: Error | null) => void): void {
+    const data = session.entries()
+    const replaces = session.previousKey ?? undefined
+    if (data.size === 0 && replaces === undefined) {
+      done(null)
+      return
+    }
+    const now = Date.now()
+    const userJson = data.get(this.options.userKey)
+    const record = {
+      data,
+      createdAt: session.createdAt,
+      lastSeenAt: now,
+      expiresAt: this.deadline(session.createdAt, now),
+      user: userJson === undefined ? null : userOf(this.options.userKey, JSON.parse(userJson))
+    }
+    this.#settle(() => this.provider.create(session.key, record, replaces), (err, created) => {
+      if (err === null && created) this.#setCookie(reply, request, session.id)
+      done(err)
+    })
+  }
+
+  #patch (changes: Map<string, string | null> | null, lastSeenAt: number, expiresAt: number): SessionPatch {
+    if (changes === null) return { set: null, delete: null, lastSeenAt, expiresAt }
+    let set: Map<string, string> | null = null
+    let deleted: string[] | null = null
+    let user: string | null | undefined
+    for (const [key, json] of changes) {
+      if (json === null) {
+        if (deleted === null) deleted = []
+        deleted.push(key)
+      } else {
+        if (set === null) set = new Map()
+        set.set(key, json)
+      }
+      if (key === this.options.userKey) user = json === null ? null : userOf(key, JSON.parse(json))
+    }
+    return { set, delete: deleted, user, lastSeenAt, expiresAt }
+  }
+
+  /** Sets the session cookie to the signed `id`, or clears it when `id` is `null`. */
+  #setCookie (reply: FastifyReply, request: FastifyRequest, id: string | null): void {
+    const secure = this.#writer.isSecure(request.protocol)
+    reply.header('set-cookie', id === null ? this.#writer.serializeClear(secure) : this.#writer.serialize(this.#signer.sign(id), secure))
+    reply.header('cache-control', 'no-store')
+  }
+
+  /** Whether a stored record is still live under the current lifetimes, which may be shorter than when it was written. */
+  #live (record: Pick<StoredSession, 'createdAt' | 'lastSeenAt' | 'expiresAt'>, now: number): boolean {
+    return record.expiresAt > now &&
+      record.createdAt + this.options.absoluteMs > now &&
+      record.lastSeenAt + this.options.idleMs > now
+  }
+
+  #user (userId: unknown): string {
+    const user = userId === null ? undefined : userOf(this.options.userKey, userId)
+    if (typeof user !== 'string') throw new FST_SESSION_INVALID_USER(this.options.userKey)
+    return user
+  }
+
+  async #keyOfHandle (user: string, handle: string): Promise<string | undefined> {
+    if (typeof handle !== 'string' || handle.length !== HANDLE_LENGTH) return undefined
+    const listByUser = this.provider.listByUser
+    if (listByUser === undefined) throw new FST_SESSION_UNSUPPORTED('listing sessions by user', 'it has no listByUser()')
+    const records = await this.#call(() => listByUser.call(this.provider, user, []))
+    return records.find((record) => this.handleOf(record.key) === handle)?.key
+  }
+
+  /**
+   * Runs a provider call under `storeTimeout`, turning every failure into
+   * `FST_SESSION_STORE_UNAVAILABLE` with the original error as its cause.
+   */
+  #call<T> (operation: () => Settled<T>): Promise<T> {
+    return new Promise((resolve, reject) => {
+      this.#settle(operation, (err, value) => {
+        if (err === null) resolve(value as T)
+        else reject(err)
+      })
+    })
+  }
+
+  /**
+   * Like `#call`, but with a callback, so a provider that answers
+   * synchronously costs no promise and no timer.
+   */
+  #settle<T> (operation: () => Settled<T>, callback: (err: Error | null, value: T | null) => void): void {
+    let result: Settled<T>
+    try {
+      result = operation()
+    } catch (err) {
+      callback(unavailable(err), null)
+      return
+    }
+    if (!isPromise(result)) {
+      callback(null, result)
+      return
+    }
+    let pending = true
+    const timer = setTimeout(() => {
+      pending = false
+      callback(unavailable(new Error(`no answer within ${this.options.storeTimeout} ms`)), null)
+    }, this.options.storeTimeout)
+    result.then((value) => {
+      if (!pending) return
+      pending = false
+      clearTimeout(timer)
+      callback(null, value)
+    }, (err: unknown) => {
+      if (!pending) return
+      pending = false
+      clearTimeout(timer)
+      callback(unavailable(err), null)
+    })
+  }
+}
+
+function unavailable (cause: unknown): Error {
+  const message = cause instanceof Error ? cause.message : String(cause)
+  return new FST_SESSION_STORE_UNAVAILABLE(message, { cause })
+}

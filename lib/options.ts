@@ -1,0 +1,209 @@
+import { FST_SESSION_INVALID_OPTION } from './errors.js'
+import type { CookieAttributes } from './cookie.js'
+import type { SessionProvider } from './provider.js'
+import type { SessionProviders } from './registry.js'
+
+/** Attributes of the session cookie. */
+export interface SessionCookieOptions {
+  /** @default '/' */
+  path?: string
+  /** Absent: a host-only cookie. @default undefined */
+  domain?: string
+  /** @default true */
+  httpOnly?: boolean
+  /** @default 'lax' */
+  sameSite?: 'lax' | 'strict' | 'none' | false
+  /**
+   * `'auto'` sets Secure when the request came over https, as Fastify sees it
+   * (so `trustProxy` and `X-Forwarded-Proto` count).
+   * @default 'auto'
+   */
+  secure?: boolean | 'auto'
+  /**
+   * Lifetime of the cookie in seconds. Absent: a browser-session cookie,
+   * gone when the browser closes (the server-side deadlines apply either way).
+   * @default undefined
+   */
+  maxAge?: number
+  /** CHIPS: the cookie is partitioned by top-level site (needs Secure). @default false */
+  partitioned?: boolean
+}
+
+/** Options shared by every way of naming the provider. */
+export interface SessionPluginBaseOptions {
+  /**
+   * One secret or several, each at least 32 characters. The first signs new
+   * cookies; every one verifies, and a cookie verified by an older secret is
+   * re-signed with the first on that response: deploy `[newSecret, oldSecret]`
+   * to rotate without logging anybody out.
+   */
+  secret: string | readonly string[]
+  /** Name of the session cookie. @default 'sessionid' */
+  cookieName?: string
+  /** Session cookie attributes. */
+  cookie?: SessionCookieOptions
+  /** Idle timeout in seconds (may be fractional). @default 3600 */
+  maxLifetime?: number
+  /** Seconds from creation after which a session ends whatever its activity. @default 86400 */
+  absoluteLifetime?: number
+  /** Seconds between sweeps, for providers that need them; 0 disables the timer. @default 60 */
+  gcInterval?: number
+  /**
+   * Seconds: a request that only reads refreshes the idle deadline in the
+   * store at most once per this interval, so reads cost no write.
+   * @default maxLifetime / 10
+   */
+  touchAfter?: number
+  /** Milliseconds each provider call may take before it counts as a store failure. @default 2000 */
+  storeTimeout?: number
+  /**
+   * What a request gets when the store fails or times out: `'fail'` answers
+   * 503 `FST_SESSION_STORE_UNAVAILABLE`; `'continue'` serves the request with
+   * an empty session that is not saved.
+   * @default 'fail'
+   */
+  onStoreError?: 'fail' | 'continue'
+  /** Bytes of JSON the session's data may take. @default 65536 */
+  maxSessionSize?: number
+  /** The session key whose value names the session's owner, for listing and ending a user's sessions. @default 'userId' */
+  userKey?: string
+  /** Session keys whose values `listUserSessions` shows beside each session. @default [] */
+  userInfoKeys?: readonly string[]
+}
+
+type NamedProviderOptions = {
+  [Name in keyof SessionProviders]: {
+    /** A registered provider name. @default 'memory' */
+    provider: Name
+    /** Options for that provider's factory. */
+    providerOptions?: SessionProviders[Name]
+  }
+}[keyof SessionProviders]
+
+type DefaultProviderOptions = SessionProviders extends { memory: infer MemoryOptions }
+  ? { provider?: undefined, providerOptions?: MemoryOptions }
+  : never
+
+/** Options of the session plugin. */
+export type SessionPluginOptions = SessionPluginBaseOptions & (
+  | NamedProviderOptions
+  | DefaultProviderOptions
+  | {
+    /** A provider instance, e.g. another app's `fastify.sessions.provider`. The plugin does not close it. */
+    provider: SessionProvider
+    providerOptions?: undefined
+  }
+)
+
+/** The options after validation, with every default filled in. Times are milliseconds. */
+export interface ResolvedOptions {
+  readonly secrets: readonly string[]
+  readonly cookieName: string
+  readonly cookie: Readonly<CookieAttributes>
+  readonly idleMs: number
+  readonly absoluteMs: number
+  readonly gcIntervalMs: number
+  readonly touchAfterMs: number
+  readonly storeTimeout: number
+  readonly onStoreError: 'fail' | 'continue'
+  readonly maxSessionSize: number
+  readonly userKey: string
+  readonly userInfoKeys: readonly string[]
+}
+
+const MIN_SECRET_LENGTH = 32
+const COOKIE_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/
+const COOKIE_ATTRIBUTE = /^[\u0021-\u003A\u003C-\u007E]+$/
+
+function invalid (name: string, why: string): never {
+  throw new FST_SESSION_INVALID_OPTION(name, why)
+}
+
+function seconds (name: string, value: unknown, fallback: number, allowZero = false): number {
+  if (value === undefined) return fallback
+  if (typeof value !== 'number' || !Number.isFinite(value) || value < 0 || (value === 0 && !allowZero)) {
+    invalid(name, `expected a ${allowZero ? 'non-negative' : 'positive'} number of seconds`)
+  }
+  return value
+}
+
+function oneOf<T> (name: string, value: unknown, allowed: readonly T[], fallback: T): T {
+  if (value === undefined) return fallback
+  if (!allowed.includes(value as T)) invalid(name, `expected one of ${allowed.map((a) => JSON.stringify(a)).join(', ')}`)
+  return value as T
+}
+
+function attribute (name: string, value: unknown, fallback: string | undefined): string | undefined {
+  if (value === undefined) return fallback
+  if (typeof value !== 'string' || !COOKIE_ATTRIBUTE.test(value)) invalid(name, 'expected a non-empty string without ";" or spaces')
+  return value
+}
+
+function resolveSecrets (secret: unknown): string[] {
+  const secrets = typeof secret === 'string' ? [secret] : secret
+  if (!Array.isArray(secrets) || secrets.length === 0) invalid('secret', 'a string or a non-empty array of strings is required')
+  for (const s of secrets) {
+    if (typeof s !== 'string' || s.length < MIN_SECRET_LENGTH) {
+      invalid('secret', `every secret must be a string of at least ${MIN_SECRET_LENGTH} characters`)
+    }
+  }
+  return [...secrets]
+}
+
+function resolveCookie (cookieName: string, cookie: SessionCookieOptions = {}): CookieAttributes {
+  if (typeof cookie !== 'object' || cookie === null) invalid('cookie', 'expected an object')
+  const attributes: CookieAttributes = {
+    path: attribute('cookie.path', cookie.path, '/') as string,
+    domain: attribute('cookie.domain', cookie.domain, undefined),
+    httpOnly: oneOf('cookie.httpOnly', cookie.httpOnly, [true, false], true),
+    sameSite: oneOf('cookie.sameSite', cookie.sameSite, ['lax', 'strict', 'none', false] as const, 'lax'),
+    secure: oneOf('cookie.secure', cookie.secure, [true, false, 'auto'] as const, 'auto'),
+    maxAge: cookie.maxAge === undefined ? undefined : seconds('cookie.maxAge', cookie.maxAge, 0),
+    partitioned: oneOf('cookie.partitioned', cookie.partitioned, [true, false], false)
+  }
+  if (attributes.sameSite === 'none' && attributes.secure === false) {
+    invalid('cookie.sameSite', 'browsers reject SameSite=None without Secure')
+  }
+  if (attributes.partitioned && attributes.secure === false) {
+    invalid('cookie.partitioned', 'a partitioned cookie must be Secure')
+  }
+  if (cookieName.startsWith('__Secure-') && attributes.secure !== true) {
+    invalid('cookieName', 'a __Secure- cookie needs cookie.secure: true')
+  }
+  if (cookieName.startsWith('__Host-') &&
+    (attributes.secure !== true || attributes.path !== '/' || attributes.domain !== undefined)) {
+    invalid('cookieName', 'a __Host- cookie needs cookie.secure: true, path "/" and no domain')
+  }
+  return attributes
+}
+
+export function resolveOptions (options: SessionPluginBaseOptions): ResolvedOptions {
+  const secrets = resolveSecrets(options.secret)
+  const cookieName = options.cookieName ?? 'sessionid'
+  if (typeof cookieName !== 'string' || !COOKIE_NAME.test(cookieName)) invalid('cookieName', 'expected a cookie name token')
+  const maxLifetime = seconds('maxLifetime', options.maxLifetime, 3600)
+  const absoluteLifetime = seconds('absoluteLifetime', options.absoluteLifetime, 86400)
+  const touchAfter = seconds('touchAfter', options.touchAfter, maxLifetime / 10, true)
+  const storeTimeout = options.storeTimeout ?? 2000
+  if (typeof storeTimeout !== 'number' || !(storeTimeout > 0) || storeTimeout === Infinity) invalid('storeTimeout', 'expected a positive number of milliseconds')
+  const maxSessionSize = options.maxSessionSize ?? 65536
+  if (!Number.isSafeInteger(maxSessionSize) || maxSessionSize < 2) invalid('maxSessionSize', 'expected a whole number of bytes, at least 2')
+  const userKey = options.userKey ?? 'userId'
+  if (typeof userKey !== 'string' || userKey === '') invalid('userKey', 'expected a non-empty string')
+  const userInfoKeys = options.userInfoKeys ?? []
+  if (!Array.isArray(userInfoKeys) || !userInfoKeys.every((k) => typeof k === 'string')) invalid('userInfoKeys', 'expected an array of strings')
+  return Object.freeze({
+    secrets,
+    cookieName,
+    cookie: Object.freeze(resolveCookie(cookieName, options.cookie)),
+    idleMs: maxLifetime * 1000,
+    absoluteMs: absoluteLifetime * 1000,
+    gcIntervalMs: seconds('gcInterval', options.gcInterval, 60, true) * 1000,
+    touchAfterMs: touchAfter * 1000,
+    storeTimeout,
+    onStoreError: oneOf('onStoreError', options.onStoreError, ['fail', 'continue'] as const, 'fail'),
+    maxSessionSize,
+    userKey,
+    userInfoKeys: Object.freeze([...userInfoKeys])
+  })
+}

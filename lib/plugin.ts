@@ -1,0 +1,142 @@
+import fastifyCookie from '@fastify/cookie'
+import fp from 'fastify-plugin'
+import type { FastifyInstance, FastifyReply, FastifyRequest, HookHandlerDoneFunction } from 'fastify'
+import { FST_SESSION_INVALID_PROVIDER } from './errors.js'
+import { SessionManager } from './manager.js'
+import { resolveOptions, type SessionPluginOptions } from './options.js'
+import type { SessionProvider } from './provider.js'
+import { getProvider } from './registry.js'
+import type { Session } from './session.js'
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** The request's session; `null` only on routes with `config: { session: false }`. */
+    session: Session
+  }
+  interface FastifyInstance {
+    /** The session manager: the provider, `gc()`, and a user's sessions. */
+    sessions: SessionManager
+  }
+  interface FastifyContextConfig {
+    /** `false` skips loading and saving the session on this route (static files, health checks). */
+    session?: boolean
+  }
+}
+
+const PROVIDER_METHODS = ['get', 'create', 'update', 'destroy'] as const
+
+async function resolveProvider (options: SessionPluginOptions): Promise<{ provider: SessionProvider, owned: boolean }> {
+  const { provider = 'memory', providerOptions } = options
+  if (typeof provider === 'string') {
+    const created = await getProvider(provider)(providerOptions)
+    checkProvider(created)
+    return { provider: created, owned: true }
+  }
+  checkProvider(provider)
+  return { provider, owned: false }
+}
+
+function checkProvider (provider: unknown): asserts provider is SessionProvider {
+  if (typeof provider !== 'object' || provider === null) {
+    throw new FST_SESSION_INVALID_PROVIDER('expected a registered name or an object implementing SessionProvider')
+  }
+  for (const method of PROVIDER_METHODS) {
+    if (typeof (provider as Record<string, unknown>)[method] !== 'function') {
+      throw new FST_SESSION_INVALID_PROVIDER(`it has no ${method}() method`)
+    }
+  }
+}
+
+async function fastifySessions (fastify: FastifyInstance, options: SessionPluginOptions): Promise<void> {
+  const resolved = resolveOptions(options)
+  const { provider, owned } = await resolveProvider(options)
+  const manager = new SessionManager(provider, resolved)
+
+  if (!fastify.hasPlugin('@fastify/cookie')) await fastify.register(fastifyCookie)
+
+  fastify.decorate('sessions', manager)
+  fastify.decorateRequest('session', null as unknown as Session)
+
+  // request.routeOptions builds a fresh object on every read, so it is only
+  // consulted once some route has opted out.
+  let someRouteOptsOut = false
+  fastify.addHook('onRoute', function markSessionOptOut (route) {
+    if (route.config?.session === false) someRouteOptsOut = true
+  })
+
+  /** Set once a request's session has been handed to the store, so an error response does not save it again. */
+  const saved = new WeakSet<Session>()
+
+  fastify.addHook('onRequest', function loadSession (request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction) {
+    if (someRouteOptsOut && request.routeOptions.config.session === false) {
+      done()
+      return
+    }
+    manager.load(request, (err, session) => {
+      if (err === null) {
+        request.session = session as Session
+        done()
+        return
+      }
+      manager.warn(request.log, err, 'loading the session')
+      if (resolved.onStoreError === 'continue') {
+        const empty = manager.empty()
+        saved.add(empty)
+        request.session = empty
+        done()
+        return
+      }
+      reply.code(503).send(errorBody(err))
+    })
+  })
+
+  fastify.addHook('onSend', function saveSession (request: FastifyRequest, reply: FastifyReply, payload: unknown, done: (err: Error | null, payload?: unknown) => void) {
+    const session = request.session
+    if (session === null || saved.has(session)) {
+      done(null, payload)
+      return
+    }
+    saved.add(session)
+    try {
+      manager.save(session, request, reply, (err) => {
+        if (err === null) {
+          done(null, payload)
+          return
+        }
+        manager.warn(request.log, err, 'saving the session')
+        if (resolved.onStoreError === 'continue') {
+          done(null, payload)
+          return
+        }
+        reply.code(503).header('content-type', 'application/json; charset=utf-8')
+        done(null, JSON.stringify(errorBody(err)))
+      })
+    } catch (err) {
+      done(err as Error)
+    }
+  })
+
+  if (provider.gc !== undefined && resolved.gcIntervalMs > 0) {
+    const timer = setInterval(function sweepSessions () {
+      manager.gc().catch((err: Error) => manager.warn(fastify.log, err, 'sweeping expired sessions'))
+    }, resolved.gcIntervalMs)
+    timer.unref()
+    fastify.addHook('onClose', function stopSweeping (_instance, done) {
+      clearInterval(timer)
+      done()
+    })
+  }
+
+  if (owned && provider.close !== undefined) {
+    fastify.addHook('onClose', async function closeProvider () {
+      await provider.close?.()
+    })
+  }
+}
+
+/** Fastify's standard error JSON, sent as data so the failure is logged once, at warn level, rather than as a 5xx error. */
+function errorBody (err: Error & { code?: string, statusCode?: number }): Record<string, unknown> {
+  return { statusCode: 503, code: err.code, error: 'Service Unavailable', message: err.message }
+}
+
+export const sessions = fp(fastifySessions, { fastify: '5.x', name: 'fastify-sessions' })

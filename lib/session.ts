@@ -1,0 +1,297 @@
+import { FST_SESSION_DESTROYED, FST_SESSION_INVALID_USER, FST_SESSION_TOO_LARGE } from './errors.js'
+import { generateId, storeKey } from './id.js'
+import { entrySize, toJson } from './json.js'
+import type { StoredSession } from './provider.js'
+import type { SessionManager } from './manager.js'
+
+/**
+ * What a session holds. Declare your keys by declaration merging to type
+ * `get` and `set`; keys you do not declare are typed `any`.
+ *
+ * ```ts
+ * declare module 'fastify-sessions' {
+ *   interface SessionData { userId: string, views: number }
+ * }
+ * ```
+ */
+export interface SessionData {}
+
+/** The type of the value stored under `Key`. */
+export type SessionValue<Key extends string> = Key extends keyof SessionData ? SessionData[Key] : any
+
+const EMPTY: ReadonlyMap<string, string> = new Map()
+
+const REGENERATED = 1
+const DESTROYED = 2
+const TOUCH = 4
+
+/**
+ * One request's view of a session. Values live as JSON texts, as the store
+ * holds them; `get` parses on demand and `set` serialises at once, so a value
+ * that cannot be stored fails where it is set. Objects handed out or taken
+ * in are kept, so changes made to them in place are found and saved.
+ */
+export class Session {
+  #manager: SessionManager
+  #id: string | null
+  #key: string | null
+  #record: StoredSession | null
+  /** Objects given to or taken from the caller, checked for in-place changes at save. */
+  #objects: Map<string, unknown> | null = null
+  /** Keys changed on this request: their new JSON text, or `null` once deleted. */
+  #pending: Map<string, string | null> | null = null
+  /** The key of the record `regenerate()` moves away from. */
+  #previousKey: string | null = null
+  #flags = 0
+  /** Epoch milliseconds when the session was created. */
+  readonly createdAt: number
+  /** @internal The cookie was verified by an older secret and is re-signed on this response. */
+  readonly renew: boolean
+
+  /** @internal */
+  constructor (manager: SessionManager, id: string | null, record: StoredSession | null, now: number, renew: boolean) {
+    this.#manager = manager
+    this.renew = renew
+    this.#id = id
+    this.#key = null
+    this.#record = record
+    this.createdAt = record === null ? now : record.createdAt
+  }
+
+  /** The session id: what the cookie carries. A new session gets one when first asked or saved. */
+  get id (): string {
+    if (this.#id === null) this.#id = generateId()
+    return this.#id
+  }
+
+  /** Whether no stored session stands behind this one (no cookie, or one the store does not know). */
+  get isNew (): boolean {
+    return this.#record === null
+  }
+
+  /**
+   * Epoch milliseconds when the session ends unless used: for a stored
+   * session the deadline as loaded, for a new one the deadline it would get.
+   */
+  get expiresAt (): number {
+    return this.#record === null ? this.#manager.deadline(this.createdAt, this.createdAt) : this.#record.expiresAt
+  }
+
+  /** Identifies this session in `listUserSessions` without revealing its id. */
+  get handle (): string {
+    return this.#manager.handleOf(this.key)
+  }
+
+  /** @internal The key the session is stored under. */
+  get key (): string {
+    if (this.#key === null) this.#key = storeKey(this.id)
+    return this.#key
+  }
+
+  get<Key extends string> (key: Key): SessionValue<Key> | undefined {
+    if (this.#objects !== null && this.#objects.has(key)) return this.#objects.get(key) as SessionValue<Key>
+    const json = this.#json(key)
+    if (json === undefined) return undefined
+    const value = JSON.parse(json)
+    if (typeof value === 'object' && value !== null) {
+      if (this.#objects === null) this.#objects = new Map()
+      this.#objects.set(key, value)
+    }
+    return value
+  }
+
+  /**
+   * Stores `value` under `key` (`undefined` deletes the key). Throws
+   * `FST_SESSION_NOT_SERIALIZABLE` for what JSON cannot hold and
+   * `FST_SESSION_TOO_LARGE` when the session would outgrow `maxSessionSize`.
+   */
+  set<Key extends string> (key: Key, value: SessionValue<Key>): void {
+    if (value === undefined) {
+      this.delete(key)
+      return
+    }
+    this.#writable()
+    const json = toJson(key, value)
+    if (key === this.#manager.options.userKey) userOf(key, value)
+    this.#change(key, json)
+    if (typeof value === 'object' && value !== null) {
+      if (this.#objects === null) this.#objects = new Map()
+      this.#objects.set(key, value)
+    } else if (this.#objects !== null) {
+      this.#objects.delete(key)
+    }
+  }
+
+  has (key: string): boolean {
+    return this.#json(key) !== undefined
+  }
+
+  delete (key: string): void {
+    this.#writable()
+    if (this.#json(key) === undefined) return
+    this.#change(key, null)
+    if (this.#objects !== null) this.#objects.delete(key)
+  }
+
+  /** Removes every key. */
+  clear (): void {
+    this.#writable()
+    this.#objects = null
+    for (const key of this.keys()) this.#change(key, null)
+  }
+
+  /** The keys the session holds. */
+  keys (): string[] {
+    const keys: string[] = []
+    for (const key of this.#stored().keys()) if (this.#pending?.get(key) !== null) keys.push(key)
+    if (this.#pending !== null) {
+      for (const [key, json] of this.#pending) if (json !== null && !this.#stored().has(key)) keys.push(key)
+    }
+    return keys
+  }
+
+  /** Refreshes the idle deadline in the store on this response, whatever `touchAfter` says. */
+  touch (): void {
+    this.#flags |= TOUCH
+  }
+
+  /**
+   * Moves the session to a new id, keeping its data; the old id is destroyed
+   * in the store before the response leaves. Call it when privileges change
+   * (login), so an id planted before login is worthless after it.
+   */
+  async regenerate (): Promise<void> {
+    this.#writable()
+    if (this.#record !== null && this.#previousKey === null) this.#previousKey = this.key
+    this.#id = generateId()
+    this.#key = null
+    this.#flags |= REGENERATED
+  }
+
+  /** Deletes the session in the store and clears the cookie on this response (logout). */
+  async destroy (): Promise<void> {
+    if (this.#flags & DESTROYED) return
+    const key = this.#previousKey ?? (this.#record !== null ? this.key : null)
+    this.#flags |= DESTROYED
+    this.#objects = null
+    this.#pending = null
+    if (key !== null) await this.#manager.destroyKey(key)
+  }
+
+  /** Ends every other session of this session's user; answers how many ended. */
+  async destroyOtherSessions (): Promise<number> {
+    const user = this.get(this.#manager.options.userKey)
+    if (user === undefined || user === null) return 0
+    return this.#manager.destroyUserSessions(user, { except: this })
+  }
+
+  /** @internal Whether `destroy()` was called. */
+  get destroyed (): boolean {
+    return (this.#flags & DESTROYED) !== 0
+  }
+
+  /** @internal Whether `regenerate()` was called. */
+  get regenerated (): boolean {
+    return (this.#flags & REGENERATED) !== 0
+  }
+
+  /** @internal Whether `touch()` was called. */
+  get touchRequested (): boolean {
+    return (this.#flags & TOUCH) !== 0
+  }
+
+  /** @internal What the store held when the request began. */
+  get record (): StoredSession | null {
+    return this.#record
+  }
+
+  /** @internal The key `regenerate()` moved away from. */
+  get previousKey (): string | null {
+    return this.#previousKey
+  }
+
+  /**
+   * @internal The changes to save: objects changed in place are serialised
+   * again and kept only where their JSON differs. `null` when nothing changed.
+   */
+  changes (): Map<string, string | null> | null {
+    if (this.#objects !== null) {
+      for (const [key, value] of this.#objects) {
+        const json = toJson(key, value)
+        if (json !== this.#json(key)) {
+          if (key === this.#manager.options.userKey) userOf(key, value)
+          this.#change(key, json)
+        }
+      }
+    }
+    return this.#pending
+  }
+
+  /** @internal Every key with its JSON text, once the changes are applied. */
+  entries (): Map<string, string> {
+    const entries = new Map(this.#stored())
+    if (this.#pending !== null) {
+      for (const [key, json] of this.#pending) {
+        if (json === null) entries.delete(key)
+        else entries.set(key, json)
+      }
+    }
+    return entries
+  }
+
+  #stored (): ReadonlyMap<string, string> {
+    return this.#record === null ? EMPTY : this.#record.data
+  }
+
+  #json (key: string): string | undefined {
+    if (this.#pending !== null) {
+      const json = this.#pending.get(key)
+      if (json !== undefined) return json ?? undefined
+    }
+    return this.#stored().get(key)
+  }
+
+  #change (key: string, json: string | null): void {
+    if (this.#pending === null) this.#pending = new Map()
+    const before = this.#pending.get(key)
+    this.#pending.set(key, json)
+    if (json === null) return
+    const size = this.#size()
+    const limit = this.#manager.options.maxSessionSize
+    if (size > limit) {
+      if (before === undefined) this.#pending.delete(key)
+      else this.#pending.set(key, before)
+      throw new FST_SESSION_TOO_LARGE(size, limit)
+    }
+  }
+
+  /** Bytes of the session's JSON with the pending changes applied. */
+  #size (): number {
+    const pending = this.#pending as Map<string, string | null>
+    let size = 2
+    let count = 0
+    for (const [key, json] of this.#stored()) {
+      const change = pending.get(key)
+      if (change === null) continue
+      size += entrySize(key, change ?? json)
+      count++
+    }
+    for (const [key, json] of pending) {
+      if (json === null || this.#stored().has(key)) continue
+      size += entrySize(key, json)
+      count++
+    }
+    return count === 0 ? size : size + count - 1
+  }
+
+  #writable (): void {
+    if (this.#flags & DESTROYED) throw new FST_SESSION_DESTROYED()
+  }
+}
+
+/** The owner a value under the user key names: a string or a finite number, compared as a string. */
+export function userOf (key: string, value: unknown): string | null {
+  if (value === null || value === undefined) return null
+  if (typeof value === 'string' || (typeof value === 'number' && Number.isFinite(value))) return String(value)
+  throw new FST_SESSION_INVALID_USER(key)
+}

@@ -1,0 +1,564 @@
+import { setTimeout as sleep } from 'node:timers/promises'
+import type { Test } from 'tap'
+import { generateId, storeKey } from './id.js'
+import type { NewSession, SessionPatch, SessionProvider, StoredSession, UserSessionRecord } from './provider.js'
+
+/** How `testProvider` is told about the provider under test. */
+export interface ConformanceOptions<P extends SessionProvider = SessionProvider> {
+  /** Names the provider in the test output. */
+  name: string
+
+  /**
+   * Makes a fresh provider. Every case calls it once and closes what it
+   * made when the case ends. Cases look only at keys they made themselves,
+   * so providers may share one store, but the sweep case counts what `gc()`
+   * removes: a store that other tests use at the same time can make it fail.
+   */
+  create: () => P | Promise<P>
+
+  /**
+   * Whether expired records are removed by `gc()` (a sweep) rather than by
+   * the store itself; when `true` the sweep cases run and `gc()` must exist.
+   * @default whether the provider has `gc`
+   */
+  sweeps?: boolean
+
+  /**
+   * Whether the provider indexes sessions by user; when `true` the user
+   * cases run and `listByUser` and `destroyByUser` must both exist.
+   * @default whether the provider has `listByUser` or `destroyByUser`
+   */
+  userIndex?: boolean
+
+  /**
+   * Milliseconds the cases wait past a deadline before they expect the
+   * record to be gone. A store that keeps deadlines to the millisecond needs
+   * next to nothing; one that rounds them to whole seconds needs over 1000.
+   * The short lifetimes used by the expiry cases are never below this either,
+   * so a store that rounds a deadline down still sees the record live first.
+   * @default 50
+   */
+  expiryGraceMs?: number
+
+  /**
+   * Adds provider-specific cases to the suite: `t` is the suite's test, and
+   * `create(t)` makes a fresh provider that is closed when `t` ends.
+   * @default undefined
+   */
+  extra?: (t: Test, create: (t: Test) => Promise<P>) => void
+}
+
+const HOUR = 3_600_000
+const SHORTEST_LIFETIME = 150
+const MEBIBYTE = 1_048_576
+
+type Data = Iterable<readonly [string, string]>
+
+function newKey (): string {
+  return storeKey(generateId())
+}
+
+function newSession (data: Data = [['userId', '"u1"']], expiresAt = Date.now() + HOUR, user: string | null = null): NewSession {
+  const now = Date.now()
+  return { data: new Map(data), createdAt: now, lastSeenAt: now, expiresAt, user }
+}
+
+function patch (fields: Partial<SessionPatch> = {}): SessionPatch {
+  const now = Date.now()
+  return { set: null, delete: null, lastSeenAt: now, expiresAt: now + HOUR, ...fields }
+}
+
+function keysOf (records: readonly UserSessionRecord[]): string[] {
+  return records.map((record) => record.key).sort()
+}
+
+/**
+ * Runs the provider contract of `lib/provider.ts` against a provider, one
+ * subtest per guarantee, and finally the plugin's cookie flow on top of it.
+ *
+ * ```ts
+ * import t from 'tap'
+ * import { testProvider } from 'fastify-sessions/testing'
+ * testProvider(t, { name: 'mystore', create: () => new MyStoreProvider() })
+ * ```
+ */
+export function testProvider<P extends SessionProvider> (t: Test, options: ConformanceOptions<P>): void {
+  t.test(`the ${options.name} provider keeps the session provider contract`, async (t) => {
+    const grace = options.expiryGraceMs ?? 50
+    const lifetime = Math.max(SHORTEST_LIFETIME, grace)
+
+    const open = async (t: Test): Promise<P> => {
+      const provider = await options.create()
+      t.teardown(() => provider.close?.())
+      return provider
+    }
+
+    /** A record that expires soon: created live, so that the cases see it go. */
+    const shortLived = (user: string | null = null, data?: Data): NewSession => newSession(data, Date.now() + lifetime, user)
+
+    const waitPast = (deadline: number): Promise<void> => sleep(Math.max(0, deadline - Date.now()) + grace)
+
+    const probe = await options.create()
+    const sweeps = options.sweeps ?? typeof probe.gc === 'function'
+    const userIndex = options.userIndex ?? (typeof probe.listByUser === 'function' || typeof probe.destroyByUser === 'function')
+    await probe.close?.()
+    const noSweep = { skip: !sweeps && 'expired records are not swept by gc()' }
+    const noUsers = { skip: !userIndex && 'the provider has no user index' }
+
+    t.test('a created record reads back with its data and times exactly', async (t) => {
+      const provider = await open(t)
+      const key = newKey()
+      const now = Date.now()
+      const session: NewSession = {
+        data: new Map([
+          ['userId', '"u1"'],
+          ['count', '42'],
+          ['ratio', '0.1'],
+          ['flag', 'false'],
+          ['nothing', 'null'],
+          ['list', '[1,"two",{"three":3}]'],
+          ['order', '{"zeta":1,"alpha":{"b":2,"a":1}}'],
+          ['text', '"line\\nbreak \\"quoted\\" \\\\ back"']
+        ]),
+        createdAt: now - 5003,
+        lastSeenAt: now - 1201,
+        expiresAt: now + HOUR + 7,
+        user: null
+      }
+      t.equal(await provider.create(key, session), true, 'create answers true')
+      const stored = await provider.get(key)
+      t.same(stored?.data, session.data, 'every JSON text comes back verbatim')
+      t.equal(stored?.createdAt, session.createdAt, 'createdAt')
+      t.equal(stored?.lastSeenAt, session.lastSeenAt, 'lastSeenAt')
+      t.equal(stored?.expiresAt, session.expiresAt, 'expiresAt')
+    })
+
+    t.test('get of an unknown key answers null', async (t) => {
+      const provider = await open(t)
+      t.equal(await provider.get(newKey()), null)
+    })
+
+    t.test('update of an unknown key answers false and creates nothing', async (t) => {
+      const provider = await open(t)
+      const key = newKey()
+      t.equal(await provider.update(key, patch({ set: new Map([['a', '1']]) })), false)
+      t.equal(await provider.get(key), null)
+    })
+
+    t.test('destroy of an unknown key answers false', async (t) => {
+      const provider = await open(t)
+      t.equal(await provider.destroy(newKey()), false)
+    })
+
+    t.test('destroy deletes a live record and answers true only the first time', async (t) => {
+      const provider = await open(t)
+      const key = newKey()
+      await provider.create(key, newSession())
+      t.equal(await provider.destroy(key), true, 'first destroy')
+      t.equal(await provider.get(key), null, 'gone')
+      t.equal(await provider.destroy(key), false, 'second destroy')
+    })
+
+    t.test('an expired record reads as null', async (t) => {
+      const provider = await open(t)
+      const key = newKey()
+      const session = shortLived()
+      await provider.create(key, session)
+      t.not(await provider.get(key), null, 'live before its deadline')
+      await waitPast(session.expiresAt)
+      t.equal(await provider.get(key), null, 'null after it')
+    })
+
+    t.test('update of an expired record answers false and does not revive it', async (t) => {
+      const provider = await open(t)
+      const key = newKey()
+      const session = shortLived()
+      await provider.create(key, session)
+      await waitPast(session.expiresAt)
+      t.equal(await provider.update(key, patch({ set: new Map([['a', '1']]) })), false, 'update answers false')
+      t.equal(await provider.get(key), null, 'still null')
+    })
+
+    t.test('destroy of an expired record answers false', async (t) => {
+      const provider = await open(t)
+      const key = newKey()
+      const session = shortLived()
+      await provider.create(key, session)
+      await waitPast(session.expiresAt)
+      t.equal(await provider.destroy(key), false)
+    })
+
+    t.test('update changes only the keys it names', async (t) => {
+      const provider = await open(t)
+      const key = newKey()
+      const session = newSession([['keep', '"k"'], ['change', '1'], ['drop', 'true']])
+      await provider.create(key, session)
+      const change = patch({ set: new Map([['change', '2'], ['add', '{"x":[1]}']]), delete: ['drop', 'never-there'] })
+      t.equal(await provider.update(key, change), true, 'update answers true')
+      const stored = await provider.get(key)
+      t.same(stored?.data, new Map([['keep', '"k"'], ['change', '2'], ['add', '{"x":[1]}']]), 'set and deleted keys change, the rest stay')
+      t.equal(stored?.createdAt, session.createdAt, 'createdAt stays')
+      t.equal(stored?.lastSeenAt, change.lastSeenAt, 'lastSeenAt is the patch\'s')
+      t.equal(stored?.expiresAt, change.expiresAt, 'expiresAt is the patch\'s')
+    })
+
+    t.test('50 concurrent updates of different keys of one session all survive', async (t) => {
+      const provider = await open(t)
+      const key = newKey()
+      await provider.create(key, newSession([['base', '0']]))
+      const names = Array.from({ length: 50 }, (_, i) => `k${i}`)
+      const answers = await Promise.all(names.map((name, i) => provider.update(key, patch({ set: new Map([[name, String(i)]]) }))))
+      t.same(answers, names.map(() => true), 'every update answers true')
+      const stored = await provider.get(key)
+      t.same(stored?.data, new Map([['base', '0'], ...names.map((name, i): [string, string] => [name, String(i)])]))
+    })
+
+    t.test('an update after destroy answers false and does not resurrect the record', async (t) => {
+      const provider = await open(t)
+      const key = newKey()
+      await provider.create(key, newSession())
+      await provider.destroy(key)
+      t.equal(await provider.update(key, patch({ set: new Map([['late', '1']]) })), false, 'late write answers false')
+      t.equal(await provider.update(key, patch()), false, 'late touch answers false')
+      t.equal(await provider.get(key), null, 'still gone')
+    })
+
+    t.test('create never overwrites a live record', async (t) => {
+      const provider = await open(t)
+      const key = newKey()
+      const first = newSession([['who', '"first"']])
+      await provider.create(key, first)
+      t.equal(await provider.create(key, newSession([['who', '"second"']])), false, 'second create answers false')
+      const stored = await provider.get(key)
+      t.same(stored?.data, first.data, 'the original data is intact')
+      t.equal(stored?.expiresAt, first.expiresAt, 'the original deadline is intact')
+    })
+
+    t.test('create succeeds over an expired record', async (t) => {
+      const provider = await open(t)
+      const key = newKey()
+      const old = shortLived(null, [['who', '"old"']])
+      await provider.create(key, old)
+      await waitPast(old.expiresAt)
+      const fresh = newSession([['who', '"new"']])
+      t.equal(await provider.create(key, fresh), true, 'create answers true')
+      t.same((await provider.get(key))?.data, fresh.data, 'the new record is stored')
+    })
+
+    t.test('create with replaces moves the session to the new key', async (t) => {
+      const provider = await open(t)
+      const oldKey = newKey()
+      const key = newKey()
+      await provider.create(oldKey, newSession([['who', '"old"']]))
+      const moved = newSession([['who', '"moved"']])
+      t.equal(await provider.create(key, moved, oldKey), true, 'create answers true')
+      t.equal(await provider.get(oldKey), null, 'the old key is gone')
+      t.same((await provider.get(key))?.data, moved.data, 'the new key holds the new record')
+    })
+
+    t.test('create with a missing replaces creates nothing', async (t) => {
+      const provider = await open(t)
+      const key = newKey()
+      t.equal(await provider.create(key, newSession(), newKey()), false, 'create answers false')
+      t.equal(await provider.get(key), null, 'nothing stored')
+    })
+
+    t.test('create with an expired replaces creates nothing', async (t) => {
+      const provider = await open(t)
+      const oldKey = newKey()
+      const key = newKey()
+      const old = shortLived()
+      await provider.create(oldKey, old)
+      await waitPast(old.expiresAt)
+      t.equal(await provider.create(key, newSession(), oldKey), false, 'create answers false')
+      t.equal(await provider.get(key), null, 'nothing stored')
+    })
+
+    t.test('create with replaces onto a taken key changes nothing', async (t) => {
+      const provider = await open(t)
+      const oldKey = newKey()
+      const key = newKey()
+      const old = newSession([['who', '"old"']])
+      const taken = newSession([['who', '"taken"']])
+      await provider.create(oldKey, old)
+      await provider.create(key, taken)
+      t.equal(await provider.create(key, newSession([['who', '"moved"']]), oldKey), false, 'create answers false')
+      t.same((await provider.get(oldKey))?.data, old.data, 'the record to replace stays')
+      t.same((await provider.get(key))?.data, taken.data, 'the taken key keeps its record')
+    })
+
+    t.test('a touch extends the deadline and the record expires once the new one passes', async (t) => {
+      const provider = await open(t)
+      const key = newKey()
+      const session = shortLived()
+      await provider.create(key, session)
+      const touch = patch({ expiresAt: session.expiresAt + 2 * lifetime })
+      t.equal(await provider.update(key, touch), true, 'touch answers true')
+      await waitPast(session.expiresAt)
+      t.not(await provider.get(key), null, 'live past the first deadline')
+      await waitPast(touch.expiresAt)
+      t.equal(await provider.get(key), null, 'gone past the new one')
+    })
+
+    t.test('the expiresAt of an update wins even when it is earlier', async (t) => {
+      const provider = await open(t)
+      const key = newKey()
+      await provider.create(key, newSession())
+      const capped = patch({ expiresAt: Date.now() + lifetime })
+      t.equal(await provider.update(key, capped), true, 'update answers true')
+      t.equal((await provider.get(key))?.expiresAt, capped.expiresAt, 'the earlier deadline is stored')
+      await waitPast(capped.expiresAt)
+      t.equal(await provider.get(key), null, 'gone past it')
+    })
+
+    t.test('a touch changes only lastSeenAt and expiresAt', async (t) => {
+      const provider = await open(t)
+      const key = newKey()
+      const session = newSession([['a', '1'], ['b', '"two"']], Date.now() + HOUR, null)
+      await provider.create(key, session)
+      const touch = patch({ lastSeenAt: session.lastSeenAt + 1000, expiresAt: session.expiresAt + 1000 })
+      t.equal(await provider.update(key, touch), true, 'touch answers true')
+      const stored = await provider.get(key)
+      t.same(stored?.data, session.data, 'data unchanged')
+      t.equal(stored?.createdAt, session.createdAt, 'createdAt unchanged')
+      t.equal(stored?.lastSeenAt, touch.lastSeenAt, 'lastSeenAt moved')
+      t.equal(stored?.expiresAt, touch.expiresAt, 'expiresAt moved')
+    })
+
+    t.test('changing what get returned does not change the store', async (t) => {
+      const provider = await open(t)
+      const key = newKey()
+      const session = newSession([['a', '1'], ['b', '2']])
+      await provider.create(key, session)
+      const stored = await provider.get(key) as StoredSession
+      const data = stored.data as Map<string, string>
+      const fields = stored as { lastSeenAt: number, expiresAt: number }
+      // A provider may hand out read-only views that throw; only what it answers next matters
+      await Promise.allSettled([
+        (async () => data.set('a', '"changed"'))(),
+        (async () => data.set('injected', 'true'))(),
+        (async () => data.delete('b'))(),
+        (async () => { fields.lastSeenAt = 0 })(),
+        (async () => { fields.expiresAt = 0 })()
+      ])
+      const again = await provider.get(key)
+      t.same(again?.data, session.data, 'data as created')
+      t.equal(again?.lastSeenAt, session.lastSeenAt, 'lastSeenAt as created')
+      t.equal(again?.expiresAt, session.expiresAt, 'expiresAt as created')
+    })
+
+    t.test('changing the maps given to create and update afterwards does not change the store', async (t) => {
+      const provider = await open(t)
+      const key = newKey()
+      const data = new Map([['a', '1']])
+      await provider.create(key, { ...newSession(), data })
+      data.set('a', '"changed"')
+      const set = new Map([['b', '2']])
+      await provider.update(key, patch({ set }))
+      set.set('b', '"changed"')
+      t.same((await provider.get(key))?.data, new Map([['a', '1'], ['b', '2']]))
+    })
+
+    t.test('a value of over a mebibyte of JSON round-trips', async (t) => {
+      const provider = await open(t)
+      const key = newKey()
+      const json = JSON.stringify({ blob: 'xé€😀'.repeat(Math.ceil(MEBIBYTE / 10)) })
+      t.ok(Buffer.byteLength(json) >= MEBIBYTE, `the value is ${Buffer.byteLength(json)} bytes`)
+      await provider.create(key, newSession([['small', '1']]))
+      t.equal(await provider.update(key, patch({ set: new Map([['large', json]]) })), true, 'update answers true')
+      const stored = (await provider.get(key))?.data.get('large')
+      t.equal(stored?.length, json.length, 'same length')
+      // Compared without t.equal, so that a mismatch does not print two mebibytes
+      t.ok(stored === json, 'same text')
+    })
+
+    t.test('unicode and unusual keys and values round-trip', async (t) => {
+      const provider = await open(t)
+      const key = newKey()
+      const data = new Map([
+        ['ключ', '"значение"'],
+        ['键', '"值"'],
+        ['🔑', '"🗝️ 👨‍👩‍👧"'],
+        ['e\u0301', '"decomposed e\u0301"'],
+        ['\u00e9', '"composed \u00e9"'],
+        ['שלום', '"עולם"'],
+        ['', '"empty key"'],
+        [' spaced key ', '" "'],
+        ['a.b:c/d?e=f&g#h', '"punctuation"'],
+        ['escapes', JSON.stringify('nul \u0000 tab \t line sep \u2028 lone \ud800')]
+      ])
+      await provider.create(key, newSession(data))
+      t.same((await provider.get(key))?.data, data)
+    })
+
+    t.test('keys that name object internals are ordinary keys', async (t) => {
+      const provider = await open(t)
+      const key = newKey()
+      const data = new Map([
+        ['__proto__', '{"polluted":true}'],
+        ['constructor', '{"prototype":{"polluted":true}}'],
+        ['prototype', '{"polluted":true}']
+      ])
+      await provider.create(key, newSession(data))
+      await provider.update(key, patch({ set: new Map([['toString', '"shadow"'], ['hasOwnProperty', '"shadow"']]) }))
+      t.same((await provider.get(key))?.data, new Map([...data, ['toString', '"shadow"'], ['hasOwnProperty', '"shadow"']]), 'all keys round-trip')
+      t.equal(Object.hasOwn(Object.prototype, 'polluted'), false, 'Object.prototype is not polluted')
+      t.equal(Object.prototype.toString, {}.toString, 'Object.prototype.toString is intact')
+    })
+
+    t.test('gc removes only expired records and answers their count', noSweep, async (t) => {
+      const provider = await open(t)
+      // Records an earlier case left behind would otherwise be counted too
+      await provider.gc!()
+      const expired = [newKey(), newKey(), newKey()]
+      const live = [newKey(), newKey()]
+      // The expired ones come first: a sweep may stop at the first live record (as memory's does)
+      const sessions = expired.map(() => shortLived())
+      for (const [i, k] of expired.entries()) await provider.create(k, sessions[i])
+      for (const k of live) await provider.create(k, newSession())
+      await waitPast(sessions[2].expiresAt)
+      t.equal(await provider.gc!(), expired.length, 'gc answers how many expired')
+      t.equal(await provider.gc!(), 0, 'a second gc finds nothing left')
+      for (const k of live) t.not(await provider.get(k), null, 'a live record stays')
+    })
+
+    t.test('close may be called twice', async (t) => {
+      const provider = await open(t)
+      await provider.create(newKey(), newSession())
+      await provider.close?.()
+      await provider.close?.()
+      t.pass('closed twice without an error')
+    })
+
+    t.test('listByUser lists a user\'s session with its times and only the requested info keys', noUsers, async (t) => {
+      const provider = await open(t)
+      const key = newKey()
+      const user = generateId()
+      const session = newSession([['userId', JSON.stringify(user)], ['device', '"phone"'], ['ip', '"10.0.0.1"'], ['secret', '"s"']], Date.now() + HOUR, user)
+      await provider.create(key, session)
+      const list = await provider.listByUser!(user, ['device', 'ip', 'missing'])
+      t.equal(list.length, 1, 'one session')
+      t.equal(list[0].key, key, 'its key')
+      t.equal(list[0].createdAt, session.createdAt, 'createdAt')
+      t.equal(list[0].lastSeenAt, session.lastSeenAt, 'lastSeenAt')
+      t.equal(list[0].expiresAt, session.expiresAt, 'expiresAt')
+      t.same(list[0].info, new Map([['device', '"phone"'], ['ip', '"10.0.0.1"']]), 'only the requested keys it holds')
+    })
+
+    t.test('listByUser of an unknown user answers an empty list', noUsers, async (t) => {
+      const provider = await open(t)
+      t.same(await provider.listByUser!(generateId(), []), [])
+    })
+
+    t.test('an update that changes the user moves the session between users', noUsers, async (t) => {
+      const provider = await open(t)
+      const key = newKey()
+      const [alice, bob] = [generateId(), generateId()]
+      await provider.create(key, newSession(undefined, undefined, alice))
+      t.equal(await provider.update(key, patch({ user: bob })), true, 'update answers true')
+      t.same(await provider.listByUser!(alice, []), [], 'gone from the old user')
+      t.same(keysOf(await provider.listByUser!(bob, [])), [key], 'listed under the new user')
+    })
+
+    t.test('an update that names no user keeps the owner', noUsers, async (t) => {
+      const provider = await open(t)
+      const key = newKey()
+      const user = generateId()
+      await provider.create(key, newSession(undefined, undefined, user))
+      await provider.update(key, patch({ set: new Map([['a', '1']]) }))
+      t.same(keysOf(await provider.listByUser!(user, [])), [key])
+    })
+
+    t.test('an update with user null removes the session from the index only', noUsers, async (t) => {
+      const provider = await open(t)
+      const key = newKey()
+      const user = generateId()
+      await provider.create(key, newSession(undefined, undefined, user))
+      t.equal(await provider.update(key, patch({ user: null })), true, 'update answers true')
+      t.same(await provider.listByUser!(user, []), [], 'no longer listed')
+      t.not(await provider.get(key), null, 'the session itself stays')
+      t.equal(await provider.destroyByUser!(user), 0, 'destroyByUser does not reach it')
+    })
+
+    t.test('destroy removes the session from its user\'s list', noUsers, async (t) => {
+      const provider = await open(t)
+      const key = newKey()
+      const user = generateId()
+      await provider.create(key, newSession(undefined, undefined, user))
+      await provider.destroy(key)
+      t.same(await provider.listByUser!(user, []), [])
+    })
+
+    t.test('create with replaces moves the user\'s entry to the new key', noUsers, async (t) => {
+      const provider = await open(t)
+      const [oldKey, key] = [newKey(), newKey()]
+      const user = generateId()
+      await provider.create(oldKey, newSession(undefined, undefined, user))
+      await provider.create(key, newSession(undefined, undefined, user), oldKey)
+      t.same(keysOf(await provider.listByUser!(user, [])), [key])
+    })
+
+    t.test('expired sessions drop out of listByUser without a sweep', noUsers, async (t) => {
+      const provider = await open(t)
+      const [expiring, live] = [newKey(), newKey()]
+      const user = generateId()
+      const session = shortLived(user)
+      await provider.create(expiring, session)
+      await provider.create(live, newSession(undefined, undefined, user))
+      t.same(keysOf(await provider.listByUser!(user, [])), [expiring, live].sort(), 'both listed before the deadline')
+      await waitPast(session.expiresAt)
+      t.same(keysOf(await provider.listByUser!(user, [])), [live], 'only the live one after it')
+    })
+
+    t.test('20 concurrent creates for one user are all listed', noUsers, async (t) => {
+      const provider = await open(t)
+      const user = generateId()
+      const keys = Array.from({ length: 20 }, newKey)
+      const answers = await Promise.all(keys.map((key) => provider.create(key, newSession(undefined, undefined, user))))
+      t.same(answers, keys.map(() => true), 'every create answers true')
+      t.same(keysOf(await provider.listByUser!(user, [])), keys.sort())
+    })
+
+    t.test('destroyByUser ends every session of the user but exceptKey and answers the count', noUsers, async (t) => {
+      const provider = await open(t)
+      const [keep, a, b, other] = [newKey(), newKey(), newKey(), newKey()]
+      const [user, someoneElse] = [generateId(), generateId()]
+      for (const key of [keep, a, b]) await provider.create(key, newSession(undefined, undefined, user))
+      await provider.create(other, newSession(undefined, undefined, someoneElse))
+      t.equal(await provider.destroyByUser!(user, keep), 2, 'answers 2')
+      t.not(await provider.get(keep), null, 'exceptKey stays')
+      t.equal(await provider.get(a), null, 'another session ends')
+      t.equal(await provider.get(b), null, 'and another')
+      t.not(await provider.get(other), null, 'another user\'s session stays')
+      t.same(keysOf(await provider.listByUser!(user, [])), [keep], 'the list holds exceptKey only')
+    })
+
+    t.test('destroyByUser without exceptKey ends every session of the user', noUsers, async (t) => {
+      const provider = await open(t)
+      const keys = [newKey(), newKey()]
+      const user = generateId()
+      for (const key of keys) await provider.create(key, newSession(undefined, undefined, user))
+      t.equal(await provider.destroyByUser!(user), 2, 'answers 2')
+      t.same(await provider.listByUser!(user, []), [], 'nothing listed')
+      for (const key of keys) t.equal(await provider.get(key), null, 'ended')
+    })
+
+    t.test('destroyByUser does not count expired sessions', noUsers, async (t) => {
+      const provider = await open(t)
+      const [expiring, live] = [newKey(), newKey()]
+      const user = generateId()
+      const session = shortLived(user)
+      await provider.create(expiring, session)
+      await provider.create(live, newSession(undefined, undefined, user))
+      await waitPast(session.expiresAt)
+      t.equal(await provider.destroyByUser!(user), 1)
+    })
+
+    t.test('destroyByUser of an unknown user answers 0', noUsers, async (t) => {
+      const provider = await open(t)
+      t.equal(await provider.destroyByUser!(generateId()), 0)
+    })
+
+    options.extra?.(t, open)
+  })
+}

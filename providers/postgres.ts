@@ -1,0 +1,407 @@
+/**
+ * PostgreSQL provider, schema version 1.
+ *
+ * One row per session:
+ *
+ * ```sql
+ * CREATE TABLE "sessions" (
+ *   key          text PRIMARY KEY,  -- the plugin's store key (43 base64url characters)
+ *   data         jsonb NOT NULL,    -- one property per top-level session key
+ *   user_id      text,              -- the owner, NULL when nobody owns the session
+ *   created_at   bigint NOT NULL,   -- epoch milliseconds, all from the app's clock (Date.now())
+ *   last_seen_at bigint NOT NULL,
+ *   expires_at   bigint NOT NULL
+ * );
+ * CREATE INDEX ON "sessions" (expires_at);                              -- "sessions_expires_at_idx"
+ * CREATE INDEX ON "sessions" (user_id) WHERE user_id IS NOT NULL;       -- "sessions_user_id_idx"
+ * COMMENT ON TABLE "sessions" IS 'fastify-sessions schema version 1';
+ * ```
+ *
+ * Deadlines are compared with the app's clock rather than `now()` so that the
+ * plugin and the store agree on what has expired.
+ */
+import { createHash } from 'node:crypto'
+import pg from 'pg'
+import type { Pool, PoolClient } from 'pg'
+import { registerProvider } from '../lib/registry.js'
+import { FST_SESSION_MISSING_TABLE, FST_SESSION_PROVIDER_OPTION } from '../lib/errors.js'
+import { validateTableName } from '../lib/sql.js'
+import type { TableName } from '../lib/sql.js'
+import type { NewSession, SessionPatch, SessionProvider, StoredSession, UserSessionRecord } from '../lib/provider.js'
+
+/** Options of the `postgres` provider. Give exactly one of `pool` and `connectionString`. */
+export interface PostgresProviderOptions {
+  /**
+   * A `pg.Pool` the application owns. The provider borrows it and never ends it.
+   * @default undefined
+   */
+  pool?: Pool
+  /**
+   * A connection string for a pool the provider makes, and ends on `close()`.
+   * @default undefined
+   */
+  connectionString?: string
+  /**
+   * The table, optionally schema-qualified (`schema.table`). Each part is a
+   * letter or underscore followed by up to 62 letters, digits or underscores,
+   * and keeps its case.
+   * @default 'sessions'
+   */
+  tableName?: string
+  /**
+   * Whether to create the table and its indexes at startup when the table is
+   * missing. With `false`, a missing table makes startup fail with
+   * `FST_SESSION_MISSING_TABLE`.
+   * @default true
+   */
+  createTable?: boolean
+  /**
+   * How many expired rows one `DELETE` of the sweep removes at most, which
+   * bounds how long each statement holds its locks.
+   * @default 1000
+   */
+  gcBatchSize?: number
+}
+
+declare module '../lib/registry.js' {
+  interface SessionProviders {
+    postgres: PostgresProviderOptions
+  }
+}
+
+export const POSTGRES_PROVIDER = 'postgres'
+
+const SCHEMA_VERSION = 1
+
+// Update statements differ by which parts of the patch are present.
+const SETS_KEYS = 1
+const DELETES_KEYS = 2
+const SETS_USER = 4
+
+interface SessionRow {
+  created_at: string
+  last_seen_at: string
+  expires_at: string
+  names: string[] | null
+  jsons: string[] | null
+}
+
+interface UserSessionRow extends SessionRow {
+  key: string
+}
+
+/**
+ * Sessions in one PostgreSQL table. Each write is a single statement guarded
+ * by `expires_at`, so atomicity comes from row locks: concurrent patches of
+ * one session apply one after the other to the latest row, and a write that
+ * arrives after a destroy or past the deadline finds no row.
+ */
+export class PostgresProvider implements SessionProvider {
+  /** The table as given in the options. */
+  readonly tableName: string
+  /** The `bigint` key of the session-level advisory lock that `gc()` holds while it sweeps. */
+  readonly gcLockKey: string
+  readonly gcBatchSize: number
+  readonly createTable: boolean
+  private readonly pool: Pool
+  private readonly ownsPool: boolean
+  private readonly table: TableName
+  private readonly ddlLockKey: string
+  private readonly updates = new Map<number, string>()
+  private closing: Promise<void> | null = null
+  private readonly sql: {
+    readonly get: string
+    readonly create: string
+    readonly destroy: string
+    readonly deleteLive: string
+    readonly sweep: string
+    readonly listByUser: string
+    readonly destroyByUser: string
+  }
+
+  constructor (options: PostgresProviderOptions) {
+    const { pool, connectionString, tableName = 'sessions', createTable = true, gcBatchSize = 1000 } = options ?? {}
+    if ((pool === undefined) === (connectionString === undefined)) {
+      throw new FST_SESSION_PROVIDER_OPTION(POSTGRES_PROVIDER, 'give exactly one of pool and connectionString')
+    }
+    if (pool !== undefined && typeof pool?.connect !== 'function') {
+      throw new FST_SESSION_PROVIDER_OPTION(POSTGRES_PROVIDER, 'pool must be a pg.Pool')
+    }
+    if (connectionString !== undefined && (typeof connectionString !== 'string' || connectionString === '')) {
+      throw new FST_SESSION_PROVIDER_OPTION(POSTGRES_PROVIDER, 'connectionString must be a non-empty string')
+    }
+    if (typeof createTable !== 'boolean') {
+      throw new FST_SESSION_PROVIDER_OPTION(POSTGRES_PROVIDER, 'createTable must be a boolean')
+    }
+    if (!Number.isSafeInteger(gcBatchSize) || gcBatchSize < 1) {
+      throw new FST_SESSION_PROVIDER_OPTION(POSTGRES_PROVIDER, 'gcBatchSize must be a positive integer')
+    }
+    this.table = validateTableName(tableName, { schemaQualified: true })
+    this.tableName = tableName
+    this.createTable = createTable
+    this.gcBatchSize = gcBatchSize
+    this.gcLockKey = advisoryLockKey('gc', this.table)
+    this.ddlLockKey = advisoryLockKey('ddl', this.table)
+    if (pool === undefined) {
+      this.pool = new pg.Pool({ connectionString })
+      // An idle connection the server drops emits 'error' on the pool, which
+      // would crash the process unheard. The pool replaces it on next use and
+      // a failing query rejects on its own, so there is nothing more to do.
+      this.pool.on('error', function ignoreIdleClientError () {})
+      this.ownsPool = true
+    } else {
+      this.pool = pool
+      this.ownsPool = false
+    }
+
+    const t = this.table.quoted
+    // Arrays of names and JSON texts come from one aggregate pass, so they
+    // line up; `value::text` hands back each top-level value as JSON without
+    // a round trip through JavaScript numbers.
+    const columns = `s.created_at, s.last_seen_at, s.expires_at, d.names, d.jsons FROM ${t} s`
+    const upsert = `INSERT INTO ${t} AS s (key, data, user_id, created_at, last_seen_at, expires_at)
+      VALUES ($1, $2::jsonb, $3, $4, $5, $6)
+      ON CONFLICT (key) DO UPDATE SET data = EXCLUDED.data, user_id = EXCLUDED.user_id,
+        created_at = EXCLUDED.created_at, last_seen_at = EXCLUDED.last_seen_at, expires_at = EXCLUDED.expires_at
+      WHERE s.expires_at <= $7`
+    this.sql = {
+      get: `SELECT ${columns}
+        CROSS JOIN LATERAL (SELECT array_agg(e.key) AS names, array_agg(e.value::text) AS jsons FROM jsonb_each(s.data) e) d
+        WHERE s.key = $1 AND s.expires_at > $2`,
+      create: upsert,
+      destroy: `DELETE FROM ${t} WHERE key = $1 RETURNING expires_at > $2 AS live`,
+      deleteLive: `DELETE FROM ${t} WHERE key = $1 AND expires_at > $2`,
+      sweep: `DELETE FROM ${t} WHERE key IN (SELECT key FROM ${t} WHERE expires_at <= $1 LIMIT $2)`,
+      listByUser: `SELECT s.key, ${columns}
+        CROSS JOIN LATERAL (SELECT array_agg(n) AS names, array_agg((s.data -> n)::text) AS jsons
+          FROM unnest($3::text[]) n WHERE s.data ? n) d
+        WHERE s.user_id = $1 AND s.expires_at > $2
+        ORDER BY s.created_at, s.key`,
+      destroyByUser: `DELETE FROM ${t} WHERE user_id = $1 AND expires_at > $2 AND ($3::text IS NULL OR key <> $3)`
+    }
+  }
+
+  /**
+   * Makes sure the table exists: creates it when `createTable` allows,
+   * otherwise fails with `FST_SESSION_MISSING_TABLE`. `createPostgresProvider`
+   * calls it.
+   */
+  async prepare (): Promise<void> {
+    if (await this.tableExists(this.pool)) return
+    if (!this.createTable) throw new FST_SESSION_MISSING_TABLE(JSON.stringify(this.tableName))
+    const client = await this.pool.connect()
+    try {
+      await this.createSchema(client)
+    } catch (err) {
+      // Dropping the connection aborts the transaction and frees its lock.
+      client.release(err as Error)
+      throw err
+    }
+    client.release()
+  }
+
+  async get (key: string): Promise<StoredSession | null> {
+    const { rows } = await this.pool.query<SessionRow>(this.sql.get, [key, Date.now()])
+    return rows.length === 0 ? null : toSession(rows[0])
+  }
+
+  async create (key: string, session: NewSession, replaces?: string): Promise<boolean> {
+    const values = [key, jsonObject(session.data), session.user, session.createdAt, session.lastSeenAt, session.expiresAt, Date.now()]
+    if (replaces === undefined) {
+      const { rowCount } = await this.pool.query(this.sql.create, values)
+      return rowCount === 1
+    }
+    // Two statements in a transaction: if the new key turns out to be taken,
+    // the rollback brings the old row back, so a failed create changes nothing.
+    const client = await this.pool.connect()
+    try {
+      await client.query('BEGIN')
+      const deleted = await client.query(this.sql.deleteLive, [replaces, values[6]])
+      const created = deleted.rowCount === 1 && (await client.query(this.sql.create, values)).rowCount === 1
+      await client.query(created ? 'COMMIT' : 'ROLLBACK')
+      client.release()
+      return created
+    } catch (err) {
+      // Dropping the connection aborts whatever transaction it had open.
+      client.release(err as Error)
+      throw err
+    }
+  }
+
+  async update (key: string, patch: SessionPatch): Promise<boolean> {
+    const values: unknown[] = [key, Date.now(), patch.lastSeenAt, patch.expiresAt]
+    let shape = 0
+    if (patch.set !== null && patch.set.size > 0) {
+      shape |= SETS_KEYS
+      values.push(jsonObject(patch.set))
+    }
+    if (patch.delete !== null && patch.delete.length > 0) {
+      shape |= DELETES_KEYS
+      values.push(patch.delete)
+    }
+    if (patch.user !== undefined) {
+      shape |= SETS_USER
+      values.push(patch.user)
+    }
+    const { rowCount } = await this.pool.query(this.updateStatement(shape), values)
+    return rowCount === 1
+  }
+
+  async destroy (key: string): Promise<boolean> {
+    const { rows } = await this.pool.query<{ live: boolean }>(this.sql.destroy, [key, Date.now()])
+    return rows.length === 1 && rows[0].live
+  }
+
+  /**
+   * Deletes expired rows `gcBatchSize` at a time until none is left. When
+   * another instance is already sweeping this table it answers 0 at once.
+   */
+  async gc (): Promise<number> {
+    const client = await this.pool.connect()
+    let removed: number
+    try {
+      removed = await this.sweep(client)
+    } catch (err) {
+      // Dropping the connection ends its session, and with it the advisory
+      // lock, whatever state the sweep stopped in.
+      client.release(err as Error)
+      throw err
+    }
+    client.release()
+    return removed
+  }
+
+  async listByUser (user: string, infoKeys: readonly string[]): Promise<UserSessionRecord[]> {
+    const { rows } = await this.pool.query<UserSessionRow>(this.sql.listByUser, [user, Date.now(), infoKeys])
+    return rows.map(function toRecord (row) {
+      const { data, ...times } = toSession(row)
+      return { key: row.key, ...times, info: data }
+    })
+  }
+
+  async destroyByUser (user: string, exceptKey?: string): Promise<number> {
+    const { rowCount } = await this.pool.query(this.sql.destroyByUser, [user, Date.now(), exceptKey ?? null])
+    return rowCount as number
+  }
+
+  /** Ends the pool made from `connectionString`; a pool handed in stays open. */
+  close (): Promise<void> {
+    if (this.ownsPool) this.closing ??= this.pool.end()
+    return this.closing ?? Promise.resolve()
+  }
+
+  private async tableExists (db: Pool | PoolClient): Promise<boolean> {
+    const { rows } = await db.query<{ exists: boolean }>('SELECT to_regclass($1) IS NOT NULL AS exists', [this.table.quoted])
+    return rows[0].exists
+  }
+
+  // Concurrent `CREATE TABLE IF NOT EXISTS` can still fail on a unique
+  // violation in pg_type, so instances starting together queue on an advisory
+  // lock that the transaction's end releases, and the ones behind the first
+  // find the table made.
+  private async createSchema (client: PoolClient): Promise<void> {
+    const t = this.table.quoted
+    await client.query('BEGIN')
+    await client.query('SELECT pg_advisory_xact_lock($1::bigint)', [this.ddlLockKey])
+    if (!(await this.tableExists(client))) {
+      await client.query(`CREATE TABLE ${t} (
+        key text PRIMARY KEY,
+        data jsonb NOT NULL,
+        user_id text,
+        created_at bigint NOT NULL,
+        last_seen_at bigint NOT NULL,
+        expires_at bigint NOT NULL
+      )`)
+      // Unnamed, PostgreSQL names them <table>_expires_at_idx and
+      // <table>_user_id_idx, shortening long names and avoiding clashes itself.
+      await client.query(`CREATE INDEX ON ${t} (expires_at)`)
+      await client.query(`CREATE INDEX ON ${t} (user_id) WHERE user_id IS NOT NULL`)
+      await client.query(`COMMENT ON TABLE ${t} IS 'fastify-sessions schema version ${SCHEMA_VERSION}'`)
+    }
+    await client.query('COMMIT')
+  }
+
+  private async sweep (client: PoolClient): Promise<number> {
+    const { rows } = await client.query<{ locked: boolean }>('SELECT pg_try_advisory_lock($1::bigint) AS locked', [this.gcLockKey])
+    if (!rows[0].locked) return 0
+    // One cut-off for the whole sweep, so rows expiring meanwhile cannot keep it going.
+    const now = Date.now()
+    let removed = 0
+    let batch: number
+    do {
+      batch = (await client.query(this.sql.sweep, [now, this.gcBatchSize])).rowCount as number
+      removed += batch
+    } while (batch === this.gcBatchSize)
+    await client.query('SELECT pg_advisory_unlock($1::bigint)', [this.gcLockKey])
+    return removed
+  }
+
+  private updateStatement (shape: number): string {
+    let text = this.updates.get(shape)
+    if (text === undefined) {
+      let param = 4
+      let data = 'data'
+      if ((shape & SETS_KEYS) !== 0) data = `${data} || $${++param}::jsonb`
+      if ((shape & DELETES_KEYS) !== 0) data = `(${data}) - $${++param}::text[]`
+      // A touch leaves `data` out of the SET list, so a large value stored
+      // out of line is not rewritten.
+      const assignments = ['last_seen_at = $3', 'expires_at = $4']
+      if ((shape & (SETS_KEYS | DELETES_KEYS)) !== 0) assignments.push(`data = ${data}`)
+      if ((shape & SETS_USER) !== 0) assignments.push(`user_id = $${++param}`)
+      text = `UPDATE ${this.table.quoted} SET ${assignments.join(', ')} WHERE key = $1 AND expires_at > $2`
+      this.updates.set(shape, text)
+    }
+    return text
+  }
+}
+
+/**
+ * Builds the JSON object text from the values' JSON texts by concatenation:
+ * the values are never parsed, so nothing about them is lost or reordered on
+ * the way to PostgreSQL.
+ */
+function jsonObject (data: ReadonlyMap<string, string>): string {
+  let text = '{'
+  for (const [name, json] of data) {
+    if (text.length > 1) text += ','
+    text += JSON.stringify(name) + ':' + json
+  }
+  return text + '}'
+}
+
+function toSession (row: SessionRow): StoredSession {
+  const data = new Map<string, string>()
+  if (row.names !== null && row.jsons !== null) {
+    for (let i = 0; i < row.names.length; i++) data.set(row.names[i], row.jsons[i])
+  }
+  return {
+    data,
+    createdAt: Number(row.created_at),
+    lastSeenAt: Number(row.last_seen_at),
+    expiresAt: Number(row.expires_at),
+  }
+}
+
+/**
+ * A `bigint` advisory lock key for one purpose on one table, as decimal text.
+ * Hashing keeps keys of different tables apart; the prefix keeps them apart
+ * from the application's own advisory locks in all likelihood.
+ */
+function advisoryLockKey (purpose: string, table: TableName): string {
+  const digest = createHash('sha256').update(`fastify-sessions:${purpose}:${table.quoted}`).digest()
+  return digest.readBigInt64BE(0).toString()
+}
+
+/** Makes a provider and makes sure its table exists (see `createTable`). */
+export async function createPostgresProvider (options: PostgresProviderOptions): Promise<PostgresProvider> {
+  const provider = new PostgresProvider(options)
+  try {
+    await provider.prepare()
+  } catch (err) {
+    await provider.close()
+    throw err
+  }
+  return provider
+}
+
+registerProvider(POSTGRES_PROVIDER, createPostgresProvider)

@@ -1,0 +1,122 @@
+import t from 'tap'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { MemoryProvider } from '../../providers/memory.js'
+import { getProvider } from '../../lib/registry.js'
+import { generateId, storeKey } from '../../lib/id.js'
+import { testProvider } from '../../lib/testing.js'
+import type { NewSession, SessionPatch, SessionProvider } from '../../lib/provider.js'
+
+const HOUR = 3_600_000
+
+function session (user: string | null = null, expiresAt = Date.now() + HOUR): NewSession {
+  const now = Date.now()
+  return { data: new Map([['a', '1']]), createdAt: now, lastSeenAt: now, expiresAt, user }
+}
+
+function newKey (): string {
+  return storeKey(generateId())
+}
+
+/**
+ * Only the required methods, each answering a promise: the kit must skip its
+ * sweep and user cases for such a provider, cope with a missing close, and
+ * await every answer.
+ */
+class BareProvider implements SessionProvider {
+  private readonly inner = new MemoryProvider()
+
+  async get (key: string) { return this.inner.get(key) }
+  async create (key: string, session: NewSession, replaces?: string) { return this.inner.create(key, session, replaces) }
+  async update (key: string, patch: SessionPatch) { return this.inner.update(key, patch) }
+  async destroy (key: string) { return this.inner.destroy(key) }
+}
+
+testProvider(t, {
+  name: 'memory',
+  create: () => new MemoryProvider(),
+  extra (t, create) {
+    t.test('maxSessions evicts the least recently used session, a read counting as use', async (t) => {
+      const provider = new MemoryProvider({ maxSessions: 3 })
+      const [a, b, c, d] = [newKey(), newKey(), newKey(), newKey()]
+      for (const key of [a, b, c]) provider.create(key, session())
+      provider.get(a)
+      t.equal(provider.create(d, session()), true, 'a fourth create succeeds')
+      t.equal(provider.size, 3, 'still 3 records')
+      t.equal(provider.get(b), null, 'b, used least recently, is evicted')
+      for (const key of [a, c, d]) t.not(provider.get(key), null, 'the others stay')
+    })
+
+    t.test('eviction also drops the user index entry', async (t) => {
+      const provider = new MemoryProvider({ maxSessions: 2 })
+      const [a, b, c] = [newKey(), newKey(), newKey()]
+      const [alice, bob] = [generateId(), generateId()]
+      provider.create(a, session(alice))
+      provider.create(b, session())
+      provider.create(c, session())
+      // A stale alice → a entry would list bob's new record under a as alice's
+      provider.create(a, session(bob))
+      t.same(provider.listByUser(alice, []), [], 'alice has no session')
+      t.same(provider.listByUser(bob, []).map((r) => r.key), [a], 'bob has a')
+    })
+
+    t.test('gc stops at the first live entry', async (t) => {
+      const provider = await create(t)
+      const [front, behind] = [newKey(), newKey()]
+      const expiring = session(null, Date.now() + 50)
+      provider.create(front, session())
+      provider.create(behind, expiring)
+      await sleep(expiring.expiresAt - Date.now() + 5)
+      t.equal(provider.gc(), 0, 'the live front shields the expired entry')
+      t.equal(provider.size, 2, 'both are held')
+      provider.destroy(front)
+      t.equal(provider.gc(), 1, 'once the front is gone, the next gc removes it')
+      t.equal(provider.size, 0, 'nothing is held')
+    })
+
+    t.test('gc costs what expired: 10 expired in front of 10,000 live', async (t) => {
+      const provider = await create(t)
+      const expiresAt = Date.now() + 50
+      for (let i = 0; i < 10; i++) provider.create(newKey(), session(null, expiresAt))
+      for (let i = 0; i < 10_000; i++) provider.create(newKey(), session())
+      await sleep(expiresAt - Date.now() + 5)
+      t.equal(provider.gc(), 10, 'removes the 10')
+      t.equal(provider.size, 10_000, 'the live ones stay')
+    })
+
+    t.test('size counts records, expired ones not yet swept included', async (t) => {
+      const provider = await create(t)
+      const [expiring, a, b] = [newKey(), newKey(), newKey()]
+      const short = session(null, Date.now() + 50)
+      t.equal(provider.size, 0, 'empty at first')
+      provider.create(expiring, short)
+      provider.create(a, session())
+      provider.create(b, session())
+      t.equal(provider.size, 3, 'three created')
+      await sleep(short.expiresAt - Date.now() + 5)
+      t.equal(provider.size, 3, 'the expired one still counts')
+      provider.gc()
+      t.equal(provider.size, 2, 'until a sweep')
+      provider.destroy(a)
+      t.equal(provider.size, 1, 'destroy removes one')
+    })
+
+    t.test('maxSessions must be a positive integer', async (t) => {
+      for (const maxSessions of [0, 1.5, -1, Number.NaN, Infinity]) {
+        t.throws(() => new MemoryProvider({ maxSessions }), { code: 'FST_SESSION_PROVIDER_OPTION' }, `rejects ${maxSessions}`)
+      }
+      t.equal(new MemoryProvider({ maxSessions: 1 }).maxSessions, 1, 'accepts 1')
+    })
+
+    t.test('maxSessions defaults to 100,000', async (t) => {
+      t.equal(new MemoryProvider().maxSessions, 100_000)
+    })
+
+    t.test('importing the module registers it as "memory"', async (t) => {
+      const provider = await getProvider('memory')({ maxSessions: 7 })
+      t.ok(provider instanceof MemoryProvider, 'the factory makes a MemoryProvider')
+      t.equal((provider as MemoryProvider).maxSessions, 7, 'with the options given')
+    })
+  }
+})
+
+testProvider(t, { name: 'bare asynchronous', create: () => new BareProvider() })
