@@ -38,3 +38,6 @@ export const FST_SESSION_INVALID_TABLE = createError<[string, string]>(
 
 export const FST_SESSION_MISSING_TABLE = createError<[string]>(
   'FST_SESSION_MISSING_TABLE', 'The session table %s does not exist and createTable is false', 500)
+
+export const FST_SESSION_COOKIE_TOO_LARGE = createError<[number, number]>(
+  'FST_SESSION_COOKIE_TOO_LARGE', 'The sealed session cookie would be %d bytes, over the limit of %d bytes', 500, RangeError)

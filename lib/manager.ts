@@ -1,10 +1,10 @@
 import { createHash, createHmac } from 'node:crypto'
 import type { FastifyBaseLogger, FastifyReply, FastifyRequest } from 'fastify'
-import { CookieSigner, CookieWriter, findCookie, type VerifiedCookie } from './cookie.js'
-import { FST_SESSION_INVALID_USER, FST_SESSION_STORE_UNAVAILABLE, FST_SESSION_UNSUPPORTED } from './errors.js'
+import { CookieSigner, CookieWriter, findCookie, MAX_COOKIE_LENGTH, type VerifiedCookie } from './cookie.js'
+import { FST_SESSION_COOKIE_TOO_LARGE, FST_SESSION_INVALID_USER, FST_SESSION_STORE_UNAVAILABLE, FST_SESSION_UNSUPPORTED } from './errors.js'
 import { storeKey } from './id.js'
 import type { ResolvedOptions } from './options.js'
-import type { SessionPatch, SessionProvider, StoredSession } from './provider.js'
+import type { SealedSession, SessionPatch, SessionProvider, StatelessSessionProvider, StoredSession } from './provider.js'
 import { Session, userOf } from './session.js'
 
 /** One session of a user, as `listUserSessions` shows it. Times are epoch milliseconds. */
@@ -34,17 +34,22 @@ const HANDLE_LENGTH = 22
  */
 export class SessionManager {
   /** The live provider instance; it may be handed to another app as its `provider`. */
-  readonly provider: SessionProvider
+  readonly provider: SessionProvider | StatelessSessionProvider
   /** @internal */
   readonly options: ResolvedOptions
   readonly #signer: CookieSigner
   readonly #writer: CookieWriter
   readonly #handleKey: Buffer
   readonly #verify: (value: string) => VerifiedCookie | null
+  /** The store behind a stateful provider; `null` when sessions live in the cookie. */
+  readonly #store: SessionProvider | null
+  readonly #sealer: StatelessSessionProvider | null
 
   /** @internal */
-  constructor (provider: SessionProvider, options: ResolvedOptions) {
+  constructor (provider: SessionProvider | StatelessSessionProvider, options: ResolvedOptions) {
     this.provider = provider
+    this.#store = isStateless(provider) ? null : provider
+    this.#sealer = isStateless(provider) ? provider : null
     this.options = options
     this.#signer = new CookieSigner(options.secrets)
     this.#writer = new CookieWriter(options.cookieName, options.cookie)
@@ -59,14 +64,15 @@ export class SessionManager {
 
   /** Runs a sweep now, if the provider needs them; answers how many sessions it removed. */
   async gc (): Promise<number> {
-    if (this.provider.gc === undefined) return 0
-    return this.#call(() => (this.provider.gc as () => Settled<number>)())
+    if (this.#store?.gc === undefined) return 0
+    const store = this.#store as SessionProvider
+    return this.#call(() => (store.gc as () => Settled<number>)())
   }
 
   /** The live sessions of `userId`, most recently seen first. */
   async listUserSessions (userId: string | number): Promise<UserSessionEntry[]> {
     const user = this.#user(userId)
-    const listByUser = this.provider.listByUser
+    const listByUser = this.#store?.listByUser
     if (listByUser === undefined) throw new FST_SESSION_UNSUPPORTED('listing sessions by user', 'it has no listByUser()')
     const records = await this.#call(() => listByUser.call(this.provider, user, this.options.userInfoKeys))
     const now = Date.now()
@@ -88,7 +94,7 @@ export class SessionManager {
    */
   async destroyUserSessions (userId: string | number, options: { except?: Session | string } = {}): Promise<number> {
     const user = this.#user(userId)
-    const destroyByUser = this.provider.destroyByUser
+    const destroyByUser = this.#store?.destroyByUser
     if (destroyByUser === undefined) throw new FST_SESSION_UNSUPPORTED('ending sessions by user', 'it has no destroyByUser()')
     const { except } = options
     let exceptKey: string | undefined
@@ -123,7 +129,9 @@ export class SessionManager {
 
   /** @internal */
   async destroyKey (key: string): Promise<boolean> {
-    return this.#call(() => this.provider.destroy(key))
+    const store = this.#store
+    if (store === null) return false
+    return this.#call(() => store.destroy(key))
   }
 
   /**
@@ -133,12 +141,17 @@ export class SessionManager {
   load (request: FastifyRequest, done: (err: Error | null, session: Session | null) => void): void {
     const now = Date.now()
     const header = request.headers.cookie
+    if (this.#sealer !== null) {
+      done(null, this.#open(header, now))
+      return
+    }
+    const store = this.#store as SessionProvider
     const cookie = header === undefined ? null : findCookie(header, this.options.cookieName, this.#verify)
     if (cookie === null) {
       done(null, new Session(this, null, null, now, false))
       return
     }
-    this.#settle(() => this.provider.get(storeKey(cookie.id)), (err, record) => {
+    this.#settle(() => store.get(storeKey(cookie.id)), (err, record) => {
       if (err !== null) done(err, null)
       else if (record === null || !this.#live(record, now)) done(null, new Session(this, null, null, now, false))
       else done(null, new Session(this, cookie.id, record, now, cookie.renew))
@@ -156,6 +169,11 @@ export class SessionManager {
       return
     }
     const changes = session.changes()
+    if (this.#sealer !== null) {
+      this.#seal(this.#sealer, session, changes, request, reply)
+      done(null)
+      return
+    }
     const record = session.record
     if (record === null || session.regenerated) {
       if (changes === null && !session.regenerated) {
@@ -179,7 +197,7 @@ export class SessionManager {
       return
     }
     const patch = this.#patch(changes, now, expiresAt)
-    this.#settle(() => this.provider.update(session.key, patch), (err, updated) => {
+    this.#settle(() => (this.#store as SessionProvider).update(session.key, patch), (err, updated) => {
       if (err === null && updated && (session.renew || this.options.cookie.maxAge !== undefined)) {
         this.#setCookie(reply, request, session.id)
       }
@@ -190,6 +208,37 @@ export class SessionManager {
   /** @internal Logs a store failure once, at warn level, with its cause. */
   warn (log: FastifyBaseLogger, err: Error, what: string): void {
     log.warn({ err: (err as Error & { cause?: unknown }).cause ?? err }, `session store unavailable while ${what}: ${err.message}`)
+  }
+
+  #open (header: string | undefined, now: number): Session {
+    const sealer = this.#sealer as StatelessSessionProvider
+    const opened = header === undefined ? null : findCookie(header, this.options.cookieName, (value) => sealer.open(value))
+    if (opened === null || !this.#live(opened.session, now)) return new Session(this, null, null, now, false)
+    return new Session(this, opened.session.id, opened.session, now, opened.renew)
+  }
+
+  /** Seals the whole session into the cookie when it changed, is due a touch, or was opened by an older key. */
+  #seal (sealer: StatelessSessionProvider, session: Session, changes: Map<string, string | null> | null, request: FastifyRequest, reply: FastifyReply): void {
+    const record = session.record
+    const now = Date.now()
+    const due = record === null
+      ? changes !== null || session.regenerated
+      : changes !== null || session.regenerated || session.renew || session.touchRequested ||
+        now - record.lastSeenAt >= this.options.touchAfterMs
+    if (!due) return
+    const data = session.entries()
+    if (record === null && data.size === 0) return
+    const sealed: SealedSession = {
+      id: session.id,
+      data,
+      createdAt: session.createdAt,
+      lastSeenAt: now,
+      expiresAt: this.deadline(session.createdAt, now)
+    }
+    const value = sealer.seal(sealed)
+    const length = this.options.cookieName.length + 1 + value.length
+    if (length > MAX_COOKIE_LENGTH) throw new FST_SESSION_COOKIE_TOO_LARGE(length, MAX_COOKIE_LENGTH)
+    this.#setCookie(reply, request, value, false)
   }
 
   #create (session: Session, request: FastifyRequest, reply: FastifyReply, done: (err: Error | null) => void): void {
@@ -208,7 +257,7 @@ export class SessionManager {
       expiresAt: this.deadline(session.createdAt, now),
       user: userJson === undefined ? null : userOf(this.options.userKey, JSON.parse(userJson))
     }
-    this.#settle(() => this.provider.create(session.key, record, replaces), (err, created) => {
+    this.#settle(() => (this.#store as SessionProvider).create(session.key, record, replaces), (err, created) => {
       if (err === null && created) this.#setCookie(reply, request, session.id)
       done(err)
     })
@@ -233,9 +282,10 @@ export class SessionManager {
   }
 
   /** Sets the session cookie to the signed `id`, or clears it when `id` is `null`. */
-  #setCookie (reply: FastifyReply, request: FastifyRequest, id: string | null): void {
+  #setCookie (reply: FastifyReply, request: FastifyRequest, id: string | null, sign = true): void {
     const secure = this.#writer.isSecure(request.protocol)
-    reply.header('set-cookie', id === null ? this.#writer.serializeClear(secure) : this.#writer.serialize(this.#signer.sign(id), secure))
+    const value = id === null ? null : sign ? this.#signer.sign(id) : id
+    reply.header('set-cookie', value === null ? this.#writer.serializeClear(secure) : this.#writer.serialize(value, secure))
     reply.header('cache-control', 'no-store')
   }
 
@@ -254,7 +304,7 @@ export class SessionManager {
 
   async #keyOfHandle (user: string, handle: string): Promise<string | undefined> {
     if (typeof handle !== 'string' || handle.length !== HANDLE_LENGTH) return undefined
-    const listByUser = this.provider.listByUser
+    const listByUser = this.#store?.listByUser
     if (listByUser === undefined) throw new FST_SESSION_UNSUPPORTED('listing sessions by user', 'it has no listByUser()')
     const records = await this.#call(() => listByUser.call(this.provider, user, []))
     return records.find((record) => this.handleOf(record.key) === handle)?.key
@@ -306,6 +356,10 @@ export class SessionManager {
       callback(unavailable(err), null)
     })
   }
+}
+
+function isStateless (provider: SessionProvider | StatelessSessionProvider): provider is StatelessSessionProvider {
+  return (provider as StatelessSessionProvider).stateless === true
 }
 
 function unavailable (cause: unknown): Error {

@@ -1,6 +1,6 @@
 import { FST_SESSION_INVALID_OPTION } from './errors.js'
 import type { CookieAttributes } from './cookie.js'
-import type { SessionProvider } from './provider.js'
+import type { SessionProvider, StatelessSessionProvider } from './provider.js'
 import type { SessionProviders } from './registry.js'
 
 /** Attributes of the session cookie. */
@@ -90,7 +90,7 @@ export type SessionPluginOptions = SessionPluginBaseOptions & (
   | DefaultProviderOptions
   | {
     /** A provider instance, e.g. another app's `fastify.sessions.provider`. The plugin does not close it. */
-    provider: SessionProvider
+    provider: SessionProvider | StatelessSessionProvider
     providerOptions?: undefined
   }
 )

@@ -4,7 +4,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest, HookHandlerDoneFunc
 import { FST_SESSION_INVALID_PROVIDER } from './errors.js'
 import { SessionManager } from './manager.js'
 import { resolveOptions, type SessionPluginOptions } from './options.js'
-import type { SessionProvider } from './provider.js'
+import type { SessionProvider, StatelessSessionProvider } from './provider.js'
 import { getProvider } from './registry.js'
 import type { Session } from './session.js'
 
@@ -24,8 +24,11 @@ declare module 'fastify' {
 }
 
 const PROVIDER_METHODS = ['get', 'create', 'update', 'destroy'] as const
+const STATELESS_METHODS = ['seal', 'open'] as const
 
-async function resolveProvider (options: SessionPluginOptions): Promise<{ provider: SessionProvider, owned: boolean }> {
+type AnyProvider = SessionProvider | StatelessSessionProvider
+
+async function resolveProvider (options: SessionPluginOptions): Promise<{ provider: AnyProvider, owned: boolean }> {
   const { provider = 'memory', providerOptions } = options
   if (typeof provider === 'string') {
     const created = await getProvider(provider)(providerOptions)
@@ -36,11 +39,12 @@ async function resolveProvider (options: SessionPluginOptions): Promise<{ provid
   return { provider, owned: false }
 }
 
-function checkProvider (provider: unknown): asserts provider is SessionProvider {
+function checkProvider (provider: unknown): asserts provider is AnyProvider {
   if (typeof provider !== 'object' || provider === null) {
     throw new FST_SESSION_INVALID_PROVIDER('expected a registered name or an object implementing SessionProvider')
   }
-  for (const method of PROVIDER_METHODS) {
+  const stateless = (provider as StatelessSessionProvider).stateless === true
+  for (const method of stateless ? STATELESS_METHODS : PROVIDER_METHODS) {
     if (typeof (provider as Record<string, unknown>)[method] !== 'function') {
       throw new FST_SESSION_INVALID_PROVIDER(`it has no ${method}() method`)
     }
@@ -116,7 +120,7 @@ async function fastifySessions (fastify: FastifyInstance, options: SessionPlugin
     }
   })
 
-  if (provider.gc !== undefined && resolved.gcIntervalMs > 0) {
+  if ('gc' in provider && provider.gc !== undefined && resolved.gcIntervalMs > 0) {
     const timer = setInterval(function sweepSessions () {
       manager.gc().catch((err: Error) => manager.warn(fastify.log, err, 'sweeping expired sessions'))
     }, resolved.gcIntervalMs)

@@ -123,3 +123,31 @@ export interface UserSessionRecord {
  * table). Registered under a name with `registerProvider`.
  */
 export type ProviderFactory<Options = any> = (options: Options) => Promise<SessionProvider> | SessionProvider
+
+/**
+ * A provider that keeps the whole session inside the cookie, sealed, instead
+ * of in a store (no server-side state). The plugin hands it every record to
+ * seal and every cookie value to open; ids, signing and the store key are not
+ * used. Such a session cannot be revoked before it expires, and a user's
+ * sessions cannot be listed or ended.
+ */
+export interface StatelessSessionProvider {
+  readonly stateless: true
+  /**
+   * Seals a record into a cookie value (only characters allowed in a cookie
+   * value). Called on every response that changes the session.
+   */
+  seal (session: SealedSession): string
+  /**
+   * Opens a cookie value. `null` when it does not open (tampered, foreign,
+   * malformed) or its `expiresAt` has passed; `renew` when it was opened by
+   * an older key and must be sealed again with the current one.
+   */
+  open (value: string): { session: SealedSession, renew: boolean } | null
+  close? (): Promise<void> | void
+}
+
+/** What a stateless provider seals: a record plus the id it stands for. */
+export interface SealedSession extends StoredSession {
+  readonly id: string
+}

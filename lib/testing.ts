@@ -1,6 +1,8 @@
 import { setTimeout as sleep } from 'node:timers/promises'
+import Fastify, { type LightMyRequestResponse } from 'fastify'
 import type { Test } from 'tap'
-import { generateId, storeKey } from './id.js'
+import { generateId, isWellFormedId, storeKey } from './id.js'
+import { sessions } from './plugin.js'
 import type { NewSession, SessionPatch, SessionProvider, StoredSession, UserSessionRecord } from './provider.js'
 
 /** How `testProvider` is told about the provider under test. */
@@ -10,7 +12,8 @@ export interface ConformanceOptions<P extends SessionProvider = SessionProvider>
 
   /**
    * Makes a fresh provider. Every case calls it once and closes what it
-   * made when the case ends. Cases look only at keys they made themselves,
+   * made when the case ends; the suite also calls it once up front to see
+   * which methods the provider has. Cases look only at keys they made themselves,
    * so providers may share one store, but the sweep case counts what `gc()`
    * removes: a store that other tests use at the same time can make it fail.
    */
@@ -66,6 +69,14 @@ function newSession (data: Data = [['userId', '"u1"']], expiresAt = Date.now() +
 function patch (fields: Partial<SessionPatch> = {}): SessionPatch {
   const now = Date.now()
   return { set: null, delete: null, lastSeenAt: now, expiresAt: now + HOUR, ...fields }
+}
+
+type SessionCookie = LightMyRequestResponse['cookies'][number] & { id: string }
+
+/** The session cookie a response sets, and the id its value carries. */
+function sessionCookie (res: LightMyRequestResponse): SessionCookie | undefined {
+  const cookie = res.cookies.find((c) => c.name === 'sessionid')
+  return cookie && { ...cookie, id: cookie.value.slice(0, cookie.value.lastIndexOf('.')) }
 }
 
 function keysOf (records: readonly UserSessionRecord[]): string[] {
@@ -325,26 +336,47 @@ export function testProvider<P extends SessionProvider> (t: Test, options: Confo
       t.equal(stored?.expiresAt, touch.expiresAt, 'expiresAt moved')
     })
 
-    t.test('changing what get returned does not change the store', async (t) => {
+    t.test('changing the data map get returned does not change the store', async (t) => {
       const provider = await open(t)
       const key = newKey()
       const session = newSession([['a', '1'], ['b', '2']])
       await provider.create(key, session)
-      const stored = await provider.get(key) as StoredSession
-      const data = stored.data as Map<string, string>
-      const fields = stored as { lastSeenAt: number, expiresAt: number }
+      const data = (await provider.get(key) as StoredSession).data as Map<string, string>
       // A provider may hand out read-only views that throw; only what it answers next matters
       await Promise.allSettled([
         (async () => data.set('a', '"changed"'))(),
         (async () => data.set('injected', 'true'))(),
-        (async () => data.delete('b'))(),
-        (async () => { fields.lastSeenAt = 0 })(),
-        (async () => { fields.expiresAt = 0 })()
+        (async () => data.delete('b'))()
+      ])
+      t.same((await provider.get(key))?.data, session.data)
+    })
+
+    t.test('changing the times on what get returned does not change the store', async (t) => {
+      const provider = await open(t)
+      const key = newKey()
+      const session = newSession()
+      await provider.create(key, session)
+      const stored = await provider.get(key) as { lastSeenAt: number, expiresAt: number }
+      // As above: a frozen record throws, which is as good as ignoring the change
+      await Promise.allSettled([
+        (async () => { stored.lastSeenAt = 0 })(),
+        (async () => { stored.expiresAt = 0 })()
       ])
       const again = await provider.get(key)
-      t.same(again?.data, session.data, 'data as created')
       t.equal(again?.lastSeenAt, session.lastSeenAt, 'lastSeenAt as created')
       t.equal(again?.expiresAt, session.expiresAt, 'expiresAt as created')
+    })
+
+    t.test('what get returned stays as it was when the record is updated later', async (t) => {
+      const provider = await open(t)
+      const key = newKey()
+      const session = newSession([['a', '1']])
+      await provider.create(key, session)
+      const stored = await provider.get(key) as StoredSession
+      await provider.update(key, patch({ set: new Map([['a', '2']]), lastSeenAt: session.lastSeenAt + 1000, expiresAt: session.expiresAt + 1000 }))
+      t.same(stored.data, session.data, 'data')
+      t.equal(stored.lastSeenAt, session.lastSeenAt, 'lastSeenAt')
+      t.equal(stored.expiresAt, session.expiresAt, 'expiresAt')
     })
 
     t.test('changing the maps given to create and update afterwards does not change the store', async (t) => {
@@ -408,6 +440,7 @@ export function testProvider<P extends SessionProvider> (t: Test, options: Confo
 
     t.test('gc removes only expired records and answers their count', noSweep, async (t) => {
       const provider = await open(t)
+      t.type(provider.gc, 'function', 'gc() exists')
       // Records an earlier case left behind would otherwise be counted too
       await provider.gc!()
       const expired = [newKey(), newKey(), newKey()]
@@ -428,6 +461,12 @@ export function testProvider<P extends SessionProvider> (t: Test, options: Confo
       await provider.close?.()
       await provider.close?.()
       t.pass('closed twice without an error')
+    })
+
+    t.test('listByUser and destroyByUser both exist', noUsers, async (t) => {
+      const provider = await open(t)
+      t.type(provider.listByUser, 'function', 'listByUser')
+      t.type(provider.destroyByUser, 'function', 'destroyByUser')
     })
 
     t.test('listByUser lists a user\'s session with its times and only the requested info keys', noUsers, async (t) => {
@@ -557,6 +596,57 @@ export function testProvider<P extends SessionProvider> (t: Test, options: Confo
     t.test('destroyByUser of an unknown user answers 0', noUsers, async (t) => {
       const provider = await open(t)
       t.equal(await provider.destroyByUser!(generateId()), 0)
+    })
+
+    t.test('the session plugin logs in, regenerates and logs out on this provider', async (t) => {
+      const provider = await open(t)
+      const app = Fastify()
+      // Teardowns run last-in first-out: the app goes before the provider, which it must leave open
+      t.teardown(() => app.close())
+      await app.register(sessions, { secret: 'x'.repeat(32), provider })
+      app.post('/login', async (request) => {
+        request.session.set('userId', 'alice')
+        return {}
+      })
+      app.get('/me', async (request) => ({ userId: request.session.get('userId') ?? null }))
+      app.post('/regenerate', async (request) => {
+        await request.session.regenerate()
+        return {}
+      })
+      app.post('/logout', async (request) => {
+        await request.session.destroy()
+        return {}
+      })
+      const as = (cookie: { value: string }) => ({ cookie: `sessionid=${cookie.value}` })
+
+      const login = await app.inject({ method: 'POST', url: '/login' })
+      t.equal(login.statusCode, 200, 'login answers 200')
+      const first = sessionCookie(login)
+      t.ok(first, 'login sets the session cookie')
+      const cookie = first as NonNullable<typeof first>
+      t.ok(isWellFormedId(cookie.id), 'its value is <id>.<signature>')
+      t.match(cookie, { httpOnly: true, sameSite: 'Lax', path: '/' }, 'HttpOnly, SameSite=Lax, Path=/')
+      t.not(await provider.get(storeKey(cookie.id)), null, 'the provider holds the session under the key of its id')
+
+      const me = await app.inject({ url: '/me', headers: as(cookie) })
+      t.same(me.json(), { userId: 'alice' }, 'the cookie brings the session back')
+
+      const regenerated = await app.inject({ method: 'POST', url: '/regenerate', headers: as(cookie) })
+      const second = sessionCookie(regenerated)
+      t.ok(second, 'regenerate sets a new cookie')
+      const renewed = second as NonNullable<typeof second>
+      t.not(renewed.id, cookie.id, 'with a new id')
+      t.equal(await provider.get(storeKey(cookie.id)), null, 'the old record is gone from the provider')
+
+      const stale = await app.inject({ url: '/me', headers: as(cookie) })
+      t.ok(stale.statusCode < 500, `the old cookie is no error (status ${stale.statusCode})`)
+      t.same(stale.json(), { userId: null }, 'the old cookie is no session')
+      t.same((await app.inject({ url: '/me', headers: as(renewed) })).json(), { userId: 'alice' }, 'the new cookie is')
+
+      const logout = await app.inject({ method: 'POST', url: '/logout', headers: as(renewed) })
+      t.match(sessionCookie(logout), { maxAge: 0 }, 'logout clears the cookie with Max-Age=0')
+      t.equal(await provider.get(storeKey(renewed.id)), null, 'and the record')
+      t.same((await app.inject({ url: '/me', headers: as(renewed) })).json(), { userId: null }, 'the cookie no longer gives access')
     })
 
     options.extra?.(t, open)
