@@ -144,6 +144,22 @@ export function testProvider<P extends SessionProvider> (t: Test, options: Confo
       t.equal(stored?.expiresAt, session.expiresAt, 'expiresAt')
     })
 
+    t.test('a record with no data reads back with an empty map', async (t) => {
+      const provider = await open(t)
+      const key = newKey()
+      t.equal(await provider.create(key, newSession([])), true, 'create answers true')
+      t.same((await provider.get(key))?.data, new Map())
+    })
+
+    t.test('an update that deletes every key leaves a live record with no data', async (t) => {
+      const provider = await open(t)
+      const key = newKey()
+      await provider.create(key, newSession([['a', '1'], ['b', '2']]))
+      t.equal(await provider.update(key, patch({ delete: ['a', 'b'] })), true, 'update answers true')
+      t.same((await provider.get(key))?.data, new Map(), 'the record stays, empty')
+      t.equal(await provider.update(key, patch({ set: new Map([['c', '3']]) })), true, 'and takes new keys')
+    })
+
     t.test('get of an unknown key answers null', async (t) => {
       const provider = await open(t)
       t.equal(await provider.get(newKey()), null)

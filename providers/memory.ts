@@ -20,14 +20,40 @@ declare module '../lib/registry.js' {
 
 export const MEMORY_PROVIDER = 'memory'
 
+/**
+ * The data of one record. It refuses changes once built, so a record handed to
+ * a request can be shared with the store without a copy per read.
+ */
+class RecordData extends Map<string, string> {
+  constructor (entries: Iterable<readonly [string, string]>) {
+    super()
+    for (const [key, json] of entries) super.set(key, json)
+  }
+
+  override set (): this {
+    throw new TypeError('A stored session record is read-only')
+  }
+
+  override delete (): boolean {
+    throw new TypeError('A stored session record is read-only')
+  }
+
+  override clear (): void {
+    throw new TypeError('A stored session record is read-only')
+  }
+}
+
+/** One stored record, replaced rather than changed by a write. */
 class Entry implements StoredSession {
   constructor (
-    public data: ReadonlyMap<string, string>,
-    public readonly createdAt: number,
-    public lastSeenAt: number,
-    public expiresAt: number,
-    public user: string | null
-  ) {}
+    readonly data: RecordData,
+    readonly createdAt: number,
+    readonly lastSeenAt: number,
+    readonly expiresAt: number,
+    readonly user: string | null
+  ) {
+    Object.freeze(this)
+  }
 }
 
 /**
@@ -36,8 +62,8 @@ class Entry implements StoredSession {
  * recently used. A sweep walks from the front and stops at the first live
  * entry, costing what expired rather than what is stored.
  *
- * Values stay JSON texts and a write replaces the entry's map instead of
- * changing it, so nothing is ever shared with a request.
+ * Values stay JSON texts, and records are immutable: a write replaces the
+ * entry, so what a request was handed never changes under it.
  */
 export class MemoryProvider implements SessionProvider {
   readonly maxSessions: number
@@ -72,7 +98,7 @@ export class MemoryProvider implements SessionProvider {
     while (this.sessions.size >= this.maxSessions) {
       this.remove(this.sessions.keys().next().value as string)
     }
-    const entry = new Entry(new Map(session.data), session.createdAt, session.lastSeenAt, session.expiresAt, session.user)
+    const entry = new Entry(new RecordData(session.data), session.createdAt, session.lastSeenAt, session.expiresAt, session.user)
     this.sessions.set(key, entry)
     this.index(key, entry.user)
     return true
@@ -81,21 +107,20 @@ export class MemoryProvider implements SessionProvider {
   update (key: string, patch: SessionPatch): boolean {
     const entry = this.live(key)
     if (entry === undefined) return false
+    let data = entry.data
     if (patch.set !== null || patch.delete !== null) {
-      const data = new Map(entry.data)
-      if (patch.set !== null) for (const [name, json] of patch.set) data.set(name, json)
-      if (patch.delete !== null) for (const name of patch.delete) data.delete(name)
-      entry.data = data
+      const changed = new Map(data)
+      if (patch.set !== null) for (const [name, json] of patch.set) changed.set(name, json)
+      if (patch.delete !== null) for (const name of patch.delete) changed.delete(name)
+      data = new RecordData(changed)
     }
-    if (patch.user !== undefined && patch.user !== entry.user) {
+    const user = patch.user === undefined ? entry.user : patch.user
+    if (user !== entry.user) {
       this.unindex(key, entry.user)
-      entry.user = patch.user
-      this.index(key, entry.user)
+      this.index(key, user)
     }
-    entry.lastSeenAt = patch.lastSeenAt
-    entry.expiresAt = patch.expiresAt
     this.sessions.delete(key)
-    this.sessions.set(key, entry)
+    this.sessions.set(key, new Entry(data, entry.createdAt, patch.lastSeenAt, patch.expiresAt, user))
     return true
   }
 
@@ -173,8 +198,7 @@ export class MemoryProvider implements SessionProvider {
 
   private unindex (key: string, user: string | null): void {
     if (user === null) return
-    const keys = this.users.get(user)
-    if (keys === undefined) return
+    const keys = this.users.get(user) as Set<string>
     keys.delete(key)
     if (keys.size === 0) this.users.delete(user)
   }

@@ -1,0 +1,42 @@
+import t from 'tap'
+import { sign, unsign } from '@fastify/cookie'
+import { CookieSigner, findCookie } from '../lib/cookie.js'
+import { generateId, isWellFormedId, storeKey } from '../lib/id.js'
+import { SECRET, OLD_SECRET } from './fixtures/app.js'
+
+t.test('cookie values are signed exactly as @fastify/cookie signs them', async (t) => {
+  const id = generateId()
+  const ours = new CookieSigner([SECRET]).sign(id)
+  t.equal(ours, sign(id, SECRET))
+  t.same(unsign(ours, SECRET), { valid: true, renew: false, value: id })
+  t.same(new CookieSigner([SECRET]).verify(sign(id, SECRET)), { id, renew: false })
+})
+
+t.test('verify answers which secret signed and rejects the rest', async (t) => {
+  const id = generateId()
+  const signer = new CookieSigner([SECRET, OLD_SECRET])
+  t.same(signer.verify(sign(id, OLD_SECRET)), { id, renew: true })
+  t.equal(signer.verify(sign(id, 'x'.repeat(40))), null)
+  t.equal(signer.verify(id), null, 'no signature')
+  t.equal(signer.verify(sign('not-an-id', SECRET)), null)
+  t.equal(signer.verify(sign(id, SECRET).slice(0, -1)), null, 'a truncated signature')
+})
+
+t.test('ids are 256 random bits, distinct, and stored only as their SHA-256', async (t) => {
+  const ids = new Set(Array.from({ length: 1000 }, generateId))
+  t.equal(ids.size, 1000)
+  for (const id of ids) t.ok(isWellFormedId(id))
+  t.equal(Buffer.from([...ids][0], 'base64url').length, 32)
+  t.equal(storeKey('abc'), 'ungWv48Bz-pBQUDeXa4iI7ADYaOWF3qctBD_YfIAFa0')
+})
+
+t.test('findCookie finds values only at a cookie boundary and stops at the first accepted one', async (t) => {
+  const seen: string[] = []
+  const accept = (value: string): string | null => { seen.push(value); return value === 'good' ? value : null }
+  t.equal(findCookie('asid=x; sid =y; b=sid=z;\tsid=bad; sid=good; sid=later', 'sid', accept), 'good')
+  t.same(seen, ['bad', 'good'])
+  t.equal(findCookie('sid', 'sid', accept), null)
+  t.equal(findCookie('sid=', 'sid', accept), null)
+  t.equal(findCookie('sid="good"', 'sid', accept), 'good')
+  t.equal(findCookie('sid=%67ood', 'sid', accept), 'good')
+})

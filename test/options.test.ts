@@ -1,0 +1,102 @@
+import t from 'tap'
+import Fastify from 'fastify'
+import sessions, { registerProvider, getProvider, createMemoryProvider, type SessionPluginOptions } from '../index.js'
+import { SECRET } from './fixtures/app.js'
+
+async function registrationError (options: Record<string, unknown>): Promise<{ code?: string, message: string } | null> {
+  const app = Fastify()
+  try {
+    await app.register(sessions, options as unknown as SessionPluginOptions)
+    await app.ready()
+    return null
+  } catch (err) {
+    return err as { code?: string, message: string }
+  } finally {
+    await app.close()
+  }
+}
+
+t.test('registration fails with a coded error for each invalid option', async (t) => {
+  const cases: Array<[string, Record<string, unknown>]> = [
+    ['no secret', { secret: undefined }],
+    ['a short secret', { secret: 'short' }],
+    ['an empty secret list', { secret: [] }],
+    ['a short secret among good ones', { secret: [SECRET, 'short'] }],
+    ['a secret that is not a string', { secret: 42 }],
+    ['a cookie name with a space', { cookieName: 'bad name' }],
+    ['a zero maxLifetime', { maxLifetime: 0 }],
+    ['a negative absoluteLifetime', { absoluteLifetime: -1 }],
+    ['a string touchAfter', { touchAfter: '10' }],
+    ['an infinite gcInterval', { gcInterval: Infinity }],
+    ['a zero storeTimeout', { storeTimeout: 0 }],
+    ['an unknown onStoreError', { onStoreError: 'ignore' }],
+    ['a fractional maxSessionSize', { maxSessionSize: 1.5 }],
+    ['an empty userKey', { userKey: '' }],
+    ['userInfoKeys that are not strings', { userInfoKeys: [1] }],
+    ['a cookie that is not an object', { cookie: 'x' }],
+    ['a path with a semicolon', { cookie: { path: '/;x' } }],
+    ['an unknown sameSite', { cookie: { sameSite: 'loose' } }],
+    ['SameSite=None without Secure', { cookie: { sameSite: 'none', secure: false } }],
+    ['a partitioned cookie without Secure', { cookie: { partitioned: true, secure: false } }],
+    ['a __Secure- name without secure: true', { cookieName: '__Secure-sid' }],
+    ["a __Host- name with secure: 'auto'", { cookieName: '__Host-sid' }],
+    ['a __Host- name with a domain', { cookieName: '__Host-sid', cookie: { secure: true, domain: 'example.com' } }],
+    ['a __Host- name with a path', { cookieName: '__Host-sid', cookie: { secure: true, path: '/app' } }]
+  ]
+  for (const [name, options] of cases) {
+    const err = await registrationError({ secret: SECRET, ...options })
+    t.equal(err?.code, 'FST_SESSION_INVALID_OPTION', name)
+  }
+})
+
+t.test('valid edge options register', async (t) => {
+  t.equal(await registrationError({ secret: SECRET, cookieName: '__Host-sid', cookie: { secure: true } }), null)
+  t.equal(await registrationError({ secret: SECRET, cookieName: '__Secure-sid', cookie: { secure: true, sameSite: 'none' } }), null)
+  t.equal(await registrationError({ secret: [SECRET], touchAfter: 0, gcInterval: 0, maxLifetime: 0.5, absoluteLifetime: 0.25 }), null)
+})
+
+t.test('an unknown provider name fails registration with the import that fixes it', async (t) => {
+  const err = await registrationError({ secret: SECRET, provider: 'nosuchstore' })
+  t.equal(err?.code, 'FST_SESSION_UNKNOWN_PROVIDER')
+  t.equal(err?.message, 'Unknown session provider "nosuchstore". Did you forget import \'fastify-sessions/providers/nosuchstore\'?')
+})
+
+t.test('a provider instance missing a method fails registration', async (t) => {
+  t.equal((await registrationError({ secret: SECRET, provider: { get () {} } }))?.code, 'FST_SESSION_INVALID_PROVIDER')
+  t.equal((await registrationError({ secret: SECRET, provider: 42 }))?.code, 'FST_SESSION_INVALID_PROVIDER')
+  t.equal((await registrationError({ secret: SECRET, provider: { stateless: true, seal () {} } }))?.code, 'FST_SESSION_INVALID_PROVIDER')
+})
+
+t.test('a factory that answers something else than a provider fails registration', async (t) => {
+  registerProvider('broken-factory', () => null as never)
+  t.equal((await registrationError({ secret: SECRET, provider: 'broken-factory' }))?.code, 'FST_SESSION_INVALID_PROVIDER')
+})
+
+t.test('registerProvider: same factory again is a no-op, another factory under a taken name is a coded error', async (t) => {
+  const factory = (): ReturnType<typeof createMemoryProvider> => createMemoryProvider()
+  registerProvider('twice', factory)
+  registerProvider('twice', factory)
+  t.equal(getProvider('twice'), factory)
+  t.throws(() => registerProvider('twice', () => createMemoryProvider()), { code: 'FST_SESSION_PROVIDER_CONFLICT' })
+  t.throws(() => registerProvider('memory', () => createMemoryProvider()), { code: 'FST_SESSION_PROVIDER_CONFLICT' })
+  t.throws(() => registerProvider('', factory), { code: 'FST_SESSION_INVALID_PROVIDER' })
+  t.throws(() => registerProvider('nofactory', 'x' as never), { code: 'FST_SESSION_INVALID_PROVIDER' })
+  t.throws(() => getProvider('nope'), { code: 'FST_SESSION_UNKNOWN_PROVIDER' })
+})
+
+t.test('a provider registered by name gets providerOptions and may be async', async (t) => {
+  let seen: unknown
+  registerProvider('async-memory', async (options: unknown) => {
+    seen = options
+    return createMemoryProvider()
+  })
+  const app = Fastify()
+  await app.register(sessions, { secret: SECRET, provider: 'async-memory' as 'memory', providerOptions: { maxSessions: 3 } })
+  t.teardown(() => app.close())
+  t.same(seen, { maxSessions: 3 })
+})
+
+t.test('the memory provider rejects a bad maxSessions at registration', async (t) => {
+  const err = await registrationError({ secret: SECRET, providerOptions: { maxSessions: 0 } })
+  t.equal(err?.code, 'FST_SESSION_PROVIDER_OPTION')
+})

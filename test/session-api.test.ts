@@ -1,0 +1,356 @@
+import t from 'tap'
+import Fastify from 'fastify'
+import fastifyCookie from '@fastify/cookie'
+import sessions from '../index.js'
+import { storeKey } from '../lib/id.js'
+import { CookieSigner } from '../lib/cookie.js'
+import { build, cookieHeader, sessionCookie, setCookies, SECRET, OLD_SECRET } from './fixtures/app.js'
+import { RecordingProvider } from './fixtures/providers.js'
+
+const idOf = (cookie: string): string => cookie.slice(0, cookie.lastIndexOf('.'))
+const json = { 'content-type': 'application/json' }
+
+t.test('id, isNew, createdAt and expiresAt describe the session', async (t) => {
+  const app = await build(t, { maxLifetime: 100, absoluteLifetime: 1000 })
+  app.get('/meta', async (request) => {
+    const { id, isNew, createdAt, expiresAt } = request.session
+    return { id, sameId: id === request.session.id, isNew, createdAt, expiresAt }
+  })
+  const before = Date.now()
+  const fresh = (await app.inject('/meta')).json()
+  t.equal(fresh.isNew, true)
+  t.ok(fresh.sameId, 'a new session keeps the id it was first given')
+  t.ok(fresh.createdAt >= before && fresh.createdAt <= Date.now())
+  t.equal(fresh.expiresAt, fresh.createdAt + 100_000)
+  const login = await app.inject({ method: 'POST', url: '/set/a', payload: '1', headers: json })
+  const loaded = (await app.inject({ url: '/meta', headers: cookieHeader(sessionCookie(login) as string) })).json()
+  t.equal(loaded.isNew, false)
+  t.equal(loaded.id, idOf(sessionCookie(login) as string))
+  t.ok(loaded.expiresAt > loaded.createdAt)
+})
+
+t.test('get, set, has, delete, keys and clear work on the session data', async (t) => {
+  const app = await build(t)
+  app.post('/ops', async (request) => {
+    const s = request.session
+    s.set('a', 1)
+    s.set('b', 'two')
+    s.set('gone', true)
+    const afterSet = { a: s.get('a'), b: s.get('b'), has: s.has('a'), keys: s.keys() }
+    s.delete('gone')
+    s.delete('never-there')
+    s.set('b', undefined)
+    return { afterSet, hasB: s.has('b'), keys: s.keys(), missing: s.get('missing') ?? 'undefined' }
+  })
+  app.post('/clear', async (request) => {
+    const before = request.session.keys()
+    request.session.clear()
+    return { before, after: request.session.keys() }
+  })
+  const res = await app.inject({ method: 'POST', url: '/ops' })
+  t.same(res.json(), { afterSet: { a: 1, b: 'two', has: true, keys: ['a', 'b', 'gone'] }, hasB: false, keys: ['a'], missing: 'undefined' })
+  const cookie = sessionCookie(res) as string
+  const cleared = await app.inject({ method: 'POST', url: '/clear', headers: cookieHeader(cookie) })
+  t.same(cleared.json(), { before: ['a'], after: [] })
+  t.same((await app.inject({ url: '/get/a', headers: cookieHeader(cookie) })).json(), { value: null })
+})
+
+t.test('keys() lists stored keys, keys added on this request, and not deleted ones', async (t) => {
+  const app = await build(t)
+  app.post('/mix', async (request) => {
+    request.session.set('b', 2)
+    request.session.set('a', 3)
+    request.session.delete('b')
+    request.session.set('c', 4)
+    return request.session.keys()
+  })
+  const login = await app.inject({ method: 'POST', url: '/set/a', payload: '1', headers: json })
+  t.same((await app.inject({ method: 'POST', url: '/mix', headers: cookieHeader(sessionCookie(login) as string) })).json(), ['a', 'c'])
+})
+
+t.test('values round-trip as JSON: a Date comes back as its ISO string', async (t) => {
+  const app = await build(t)
+  const when = new Date('2026-01-02T03:04:05.000Z')
+  app.post('/date', async (request) => { request.session.set('when', when); return {} })
+  const login = await app.inject({ method: 'POST', url: '/date' })
+  const res = await app.inject({ url: '/get/when', headers: cookieHeader(sessionCookie(login) as string) })
+  t.same(res.json(), { value: '2026-01-02T03:04:05.000Z' })
+})
+
+t.test('set() of a value JSON cannot hold throws a coded TypeError at once', async (t) => {
+  const app = await build(t)
+  const cyclic: Record<string, unknown> = {}
+  cyclic.self = cyclic
+  const bad: Record<string, unknown> = {
+    fn: () => 1,
+    symbol: Symbol('s'),
+    bigint: 10n,
+    cyclic,
+    nestedFn: { a: { b: () => 1 } },
+    nestedBigint: [1, 2n],
+    badToJSON: { toJSON: () => undefined }
+  }
+  app.post<{ Params: { kind: string } }>('/bad/:kind', async (request) => {
+    try {
+      request.session.set('x', bad[request.params.kind])
+    } catch (err) {
+      const e = err as Error & { code: string }
+      return { code: e.code, type: e instanceof TypeError, message: e.message }
+    }
+    return { code: null }
+  })
+  for (const kind of Object.keys(bad)) {
+    const res = await app.inject({ method: 'POST', url: `/bad/${kind}` })
+    t.equal(res.json().code, 'FST_SESSION_NOT_SERIALIZABLE', kind)
+    t.equal(res.json().type, true, `${kind} is a TypeError`)
+    t.same(setCookies(res), [], `${kind}: nothing was stored`)
+  }
+})
+
+t.test('regenerate() issues a new id, keeps the data and destroys the old id before the response', async (t) => {
+  const provider = new RecordingProvider()
+  const app = await build(t, { provider })
+  const first = await app.inject({ method: 'POST', url: '/set/cart', payload: '["book"]', headers: json })
+  const oldCookie = sessionCookie(first) as string
+  const login = await app.inject({ method: 'POST', url: '/login', payload: { user: 'ada' }, headers: cookieHeader(oldCookie) })
+  const newCookie = sessionCookie(login) as string
+  t.not(idOf(newCookie), idOf(oldCookie))
+  t.equal(login.json().id, idOf(newCookie))
+  t.equal(login.headers['cache-control'], 'no-store')
+  t.equal(provider.get(storeKey(idOf(oldCookie))), null, 'the old record is gone')
+  t.same((await app.inject({ url: '/get/cart', headers: cookieHeader(newCookie) })).json(), { value: ['book'] })
+  t.same((await app.inject({ url: '/get/userId', headers: cookieHeader(newCookie) })).json(), { value: 'ada' })
+  t.same((await app.inject({ url: '/get/cart', headers: cookieHeader(oldCookie) })).json(), { value: null })
+})
+
+t.test('regenerate() on a new session only changes the id', async (t) => {
+  const provider = new RecordingProvider()
+  const app = await build(t, { provider })
+  app.post('/fresh', async (request) => {
+    const before = request.session.id
+    await request.session.regenerate()
+    await request.session.regenerate()
+    return { changed: before !== request.session.id }
+  })
+  const res = await app.inject({ method: 'POST', url: '/fresh' })
+  t.same(res.json(), { changed: true })
+  t.same(setCookies(res), [], 'nothing to store')
+  const login = await app.inject({ method: 'POST', url: '/login', payload: { user: 'bo' }, headers: json })
+  t.ok(sessionCookie(login))
+  t.equal(provider.count('destroy'), 0)
+})
+
+t.test('destroy() deletes the record and clears the cookie', async (t) => {
+  const provider = new RecordingProvider()
+  const app = await build(t, { provider })
+  const login = await app.inject({ method: 'POST', url: '/set/a', payload: '1', headers: json })
+  const cookie = sessionCookie(login) as string
+  const logout = await app.inject({ method: 'POST', url: '/logout', headers: cookieHeader(cookie) })
+  t.equal(logout.statusCode, 200)
+  const [header] = setCookies(logout)
+  t.match(header, /^sessionid=; Path=\/; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; HttpOnly; SameSite=Lax$/)
+  t.equal(logout.headers['cache-control'], 'no-store')
+  t.equal(provider.size, 0)
+  t.same((await app.inject({ url: '/get/a', headers: cookieHeader(cookie) })).json(), { value: null })
+})
+
+t.test('a destroyed session refuses changes with a coded error, and destroying twice is harmless', async (t) => {
+  const app = await build(t)
+  app.post('/twice', async (request) => {
+    request.session.set('a', 1)
+    await request.session.destroy()
+    await request.session.destroy()
+    try {
+      request.session.set('a', 2)
+    } catch (err) {
+      return { code: (err as { code: string }).code }
+    }
+    return {}
+  })
+  const res = await app.inject({ method: 'POST', url: '/twice' })
+  t.same(res.json(), { code: 'FST_SESSION_DESTROYED' })
+  t.match(setCookies(res)[0], /Max-Age=0/)
+})
+
+t.test('regenerate() then destroy() in one request ends the old record', async (t) => {
+  const provider = new RecordingProvider()
+  const app = await build(t, { provider })
+  app.post('/both', async (request) => {
+    await request.session.regenerate()
+    await request.session.destroy()
+    return {}
+  })
+  const login = await app.inject({ method: 'POST', url: '/set/a', payload: '1', headers: json })
+  await app.inject({ method: 'POST', url: '/both', headers: cookieHeader(sessionCookie(login) as string) })
+  t.equal(provider.size, 0)
+})
+
+t.test('a write racing a destroy answers but never brings the session back', async (t) => {
+  const provider = new RecordingProvider()
+  const app = await build(t, { provider })
+  app.post('/slow-write', async (request) => {
+    request.session.set('late', true)
+    await new Promise((resolve) => setTimeout(resolve, 50))
+    return {}
+  })
+  const login = await app.inject({ method: 'POST', url: '/set/a', payload: '1', headers: json })
+  const cookie = sessionCookie(login) as string
+  const [write, logout] = await Promise.all([
+    app.inject({ method: 'POST', url: '/slow-write', headers: cookieHeader(cookie) }),
+    app.inject({ method: 'POST', url: '/logout', headers: cookieHeader(cookie) })
+  ])
+  t.equal(write.statusCode, 200)
+  t.equal(logout.statusCode, 200)
+  t.same(setCookies(write), [])
+  t.equal(provider.size, 0)
+  t.same((await app.inject({ url: '/get/a', headers: cookieHeader(cookie) })).json(), { value: null })
+})
+
+t.test('a regenerate racing a logout does not resurrect the session under the new id', async (t) => {
+  const provider = new RecordingProvider()
+  const app = await build(t, { provider })
+  app.post('/slow-login', async (request) => {
+    await request.session.regenerate()
+    await new Promise((resolve) => setTimeout(resolve, 50))
+    return {}
+  })
+  const login = await app.inject({ method: 'POST', url: '/set/a', payload: '1', headers: json })
+  const cookie = sessionCookie(login) as string
+  const [slow] = await Promise.all([
+    app.inject({ method: 'POST', url: '/slow-login', headers: cookieHeader(cookie) }),
+    app.inject({ method: 'POST', url: '/logout', headers: cookieHeader(cookie) })
+  ])
+  t.same(setCookies(slow), [])
+  t.equal(provider.size, 0)
+})
+
+t.test('a cookie signed by an older secret is re-signed with the first one on that response', async (t) => {
+  const provider = new RecordingProvider()
+  const before = await build(t, { provider, secret: OLD_SECRET })
+  const login = await before.inject({ method: 'POST', url: '/set/a', payload: '1', headers: json })
+  const oldCookie = sessionCookie(login) as string
+  await before.close()
+  const after = await build(t, { provider, secret: [SECRET, OLD_SECRET] })
+  const res = await after.inject({ url: '/get/a', headers: cookieHeader(oldCookie) })
+  t.same(res.json(), { value: 1 })
+  const renewed = sessionCookie(res) as string
+  t.equal(renewed, new CookieSigner([SECRET]).sign(idOf(oldCookie)), 'same id, signed with the new secret')
+  const again = await after.inject({ url: '/get/a', headers: cookieHeader(renewed) })
+  t.same(setCookies(again), [], 'a current cookie is not re-signed')
+  const write = await after.inject({ method: 'POST', url: '/set/b', payload: '2', headers: { ...json, ...cookieHeader(oldCookie) } })
+  t.equal(sessionCookie(write), renewed, 'a write on an old cookie re-signs too')
+  const only = await build(t, { provider, secret: SECRET })
+  t.same((await only.inject({ url: '/get/a', headers: cookieHeader(oldCookie) })).json(), { value: null }, 'dropping the old secret drops its cookies')
+})
+
+t.test('a rotated cookie is re-signed even when the touch is capped', async (t) => {
+  const provider = new RecordingProvider()
+  const before = await build(t, { provider, secret: OLD_SECRET, maxLifetime: 60, absoluteLifetime: 30, touchAfter: 0 })
+  const login = await before.inject({ method: 'POST', url: '/set/a', payload: '1', headers: json })
+  await before.close()
+  const after = await build(t, { provider, secret: [SECRET, OLD_SECRET], maxLifetime: 60, absoluteLifetime: 30, touchAfter: 0 })
+  const res = await after.inject({ url: '/get/a', headers: cookieHeader(sessionCookie(login) as string) })
+  t.ok(sessionCookie(res))
+})
+
+t.test('with cookie.maxAge the cookie is persistent and refreshed whenever the deadline is written', async (t) => {
+  const app = await build(t, { cookie: { maxAge: 3600 }, touchAfter: 0 })
+  const login = await app.inject({ method: 'POST', url: '/set/a', payload: '1', headers: json })
+  t.match(setCookies(login)[0], /; Max-Age=3600;/)
+  await new Promise((resolve) => setTimeout(resolve, 5))
+  const read = await app.inject({ url: '/get/a', headers: cookieHeader(sessionCookie(login) as string) })
+  t.match(setCookies(read)[0], /; Max-Age=3600;/)
+})
+
+t.test('cookie attributes follow the options', async (t) => {
+  const app = await build(t, { cookieName: 'sid', cookie: { path: '/app', domain: 'example.com', sameSite: 'strict', httpOnly: false, secure: true, partitioned: true } })
+  const res = await app.inject({ method: 'POST', url: '/set/a', payload: '1', headers: json })
+  t.equal(setCookies(res)[0].replace(/^sid=[^;]+/, 'sid=X'), 'sid=X; Path=/app; Domain=example.com; SameSite=Strict; Secure; Partitioned')
+  const none = await build(t, { cookie: { sameSite: false, secure: false } })
+  const plain = await none.inject({ method: 'POST', url: '/set/a', payload: '1', headers: json })
+  t.match(setCookies(plain)[0], /; Path=\/; HttpOnly$/)
+})
+
+t.test("secure: 'auto' sets Secure behind a trusted proxy that says https", async (t) => {
+  const app = await build(t, {}, { trustProxy: true })
+  const https = await app.inject({ method: 'POST', url: '/set/a', payload: '1', headers: { ...json, 'x-forwarded-proto': 'https' } })
+  t.match(setCookies(https)[0], /; Secure$/)
+  const http = await app.inject({ method: 'POST', url: '/set/a', payload: '1', headers: json })
+  t.notMatch(setCookies(http)[0], /Secure/)
+  const untrusted = await build(t)
+  const spoofed = await untrusted.inject({ method: 'POST', url: '/set/a', payload: '1', headers: { ...json, 'x-forwarded-proto': 'https' } })
+  t.notMatch(setCookies(spoofed)[0], /Secure/, 'without trustProxy the header is ignored')
+  const logout = await app.inject({ method: 'POST', url: '/logout', headers: { ...cookieHeader(sessionCookie(https) as string), 'x-forwarded-proto': 'https' } })
+  t.match(setCookies(logout)[0], /Max-Age=0.*; Secure$/)
+})
+
+t.test('the plugin reuses an @fastify/cookie the app registered, and other cookies survive', async (t) => {
+  const app = Fastify()
+  await app.register(fastifyCookie, { secret: 'cookie-plugin-secret' })
+  await app.register(sessions, { secret: SECRET })
+  app.get('/both', async (request, reply) => {
+    reply.setCookie('theme', 'dark')
+    request.session.set('a', 1)
+    return { parsed: request.cookies.theme ?? null }
+  })
+  t.teardown(() => app.close())
+  const res = await app.inject({ url: '/both', headers: { cookie: 'theme=light' } })
+  t.same(res.json(), { parsed: 'light' })
+  t.same(res.cookies.map((c) => c.name).sort(), ['sessionid', 'theme'])
+})
+
+t.test('without @fastify/cookie the plugin registers it', async (t) => {
+  const app = await build(t)
+  app.get('/cookies', async (request) => request.cookies)
+  const res = await app.inject({ url: '/cookies', headers: { cookie: 'a=1' } })
+  t.same(res.json(), { a: '1' })
+})
+
+t.test('fastify.sessions exposes the provider, destroy(id) and gc()', async (t) => {
+  const provider = new RecordingProvider()
+  const app = await build(t, { provider, maxLifetime: 0.05 })
+  t.equal(app.sessions.provider, provider)
+  const a = await app.inject({ method: 'POST', url: '/set/a', payload: '1', headers: json })
+  const b = await app.inject({ method: 'POST', url: '/set/a', payload: '1', headers: json })
+  t.equal(await app.sessions.destroy(idOf(sessionCookie(a) as string)), true)
+  t.equal(await app.sessions.destroy(idOf(sessionCookie(a) as string)), false)
+  t.equal(provider.size, 1)
+  await new Promise((resolve) => setTimeout(resolve, 80))
+  t.equal(await app.sessions.gc(), 1)
+  t.equal(provider.size, 0)
+  t.ok(sessionCookie(b))
+})
+
+t.test('the sweep timer runs gc() every gcInterval and stops when Fastify closes', async (t) => {
+  const provider = new RecordingProvider()
+  const app = await build(t, { provider, maxLifetime: 0.02, gcInterval: 0.05 })
+  await app.inject({ method: 'POST', url: '/set/a', payload: '1', headers: json })
+  t.equal(provider.size, 1)
+  await new Promise((resolve) => setTimeout(resolve, 150))
+  t.equal(provider.size, 0, 'swept without anybody asking')
+  await app.close()
+  provider.create(storeKey('x'), { data: new Map(), createdAt: 0, lastSeenAt: 0, expiresAt: Date.now() + 10, user: null })
+  await new Promise((resolve) => setTimeout(resolve, 120))
+  t.equal(provider.size, 1, 'no sweep after close')
+})
+
+t.test('a provider created from a name is closed with Fastify; one handed in is not', async (t) => {
+  const app = await build(t)
+  const owned = app.sessions.provider as RecordingProvider
+  await app.inject({ method: 'POST', url: '/set/a', payload: '1', headers: json })
+  t.equal(owned.size, 1)
+  await app.close()
+  t.equal(owned.size, 0, 'closed: the memory provider empties')
+  const shared = new RecordingProvider()
+  const other = await build(t, { provider: shared })
+  await other.inject({ method: 'POST', url: '/set/a', payload: '1', headers: json })
+  await other.close()
+  t.equal(shared.size, 1)
+})
+
+t.test('one app can hand its live provider to another, which then reads its sessions', async (t) => {
+  const first = await build(t, { providerOptions: { maxSessions: 10 } })
+  const second = await build(t, { provider: first.sessions.provider })
+  const login = await first.inject({ method: 'POST', url: '/set/a', payload: '"shared"', headers: json })
+  t.same((await second.inject({ url: '/get/a', headers: cookieHeader(sessionCookie(login) as string) })).json(), { value: 'shared' })
+})

@@ -1,0 +1,32 @@
+import t from 'tap'
+import { execFile } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
+import { promisify } from 'node:util'
+
+const run = promisify(execFile)
+const tsc = fileURLToPath(new URL('../node_modules/typescript/bin/tsc', import.meta.url))
+const fixture = (name: string): string => fileURLToPath(new URL(`./fixtures/types/${name}`, import.meta.url))
+const flags = ['--ignoreConfig', '--noEmit', '--strict', '--skipLibCheck', '--target', 'es2022', '--module', 'nodenext', '--moduleResolution', 'nodenext', '--types', 'node']
+
+/**
+ * Each fixture is its own program, since declaration merging is global to
+ * a program: a provider's import must be absent from one and present in the
+ * other. Every `@ts-expect-error` in them must be needed, or tsc fails.
+ */
+async function typeErrors (name: string): Promise<string> {
+  try {
+    await run(process.execPath, [tsc, ...flags, fixture(name)])
+    return ''
+  } catch (err) {
+    return (err as { stdout: string }).stdout
+  }
+}
+
+t.test('get and set are typed by SessionData; providerOptions by the provider', async (t) => {
+  t.equal(await typeErrors('session-data.ts'), '')
+})
+
+t.test("provider: 'redis' type-checks only once its module is imported", async (t) => {
+  t.equal(await typeErrors('provider-without-import.ts'), '')
+  t.equal(await typeErrors('provider-with-import.ts'), '')
+})
