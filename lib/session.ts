@@ -172,10 +172,12 @@ export class Session {
   async destroy (): Promise<void> {
     if (this.#flags & DESTROYED) return
     const key = this.#previousKey ?? (this.#record !== null ? this.key : null)
+    // The session is only marked ended once the store has ended it: a failed
+    // logout must not clear the cookie of a session that is still alive.
+    if (key !== null) await this.#manager.destroyKey(key)
     this.#flags |= DESTROYED
     this.#objects = null
     this.#pending = null
-    if (key !== null) await this.#manager.destroyKey(key)
   }
 
   /** Ends every other session of this session's user; answers how many ended. */

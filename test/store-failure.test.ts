@@ -1,0 +1,168 @@
+import t from 'tap'
+import { Writable } from 'node:stream'
+import { build, cookieHeader, sessionCookie, setCookies } from './fixtures/app.js'
+import { FailingProvider } from './fixtures/providers.js'
+
+const json = { 'content-type': 'application/json' }
+
+/** A logger that keeps every line it is given, parsed. */
+function captureLogs (): { logs: Array<Record<string, any>>, logger: { level: string, stream: Writable } } {
+  const logs: Array<Record<string, any>> = []
+  const stream = new Writable({
+    write (chunk, _encoding, callback) {
+      logs.push(JSON.parse(chunk.toString()))
+      callback()
+    }
+  })
+  return { logs, logger: { level: 'debug', stream } }
+}
+
+const warnings = (logs: Array<Record<string, any>>): Array<Record<string, any>> => logs.filter((line) => line.level === 40)
+const errors = (logs: Array<Record<string, any>>): Array<Record<string, any>> => logs.filter((line) => line.level >= 50)
+
+for (const mode of ['throw', 'hang', 'throw-sync'] as const) {
+  t.test(`a store that fails (${mode}) while loading answers 503 with a coded error and one warn line`, async (t) => {
+    const provider = new FailingProvider()
+    const { logs, logger } = captureLogs()
+    const app = await build(t, { provider, storeTimeout: 100 }, { logger })
+    const login = await app.inject({ method: 'POST', url: '/set/a', payload: '1', headers: json })
+    const cookie = sessionCookie(login) as string
+    provider.mode = mode
+    const started = Date.now()
+    const res = await app.inject({ url: '/get/a', headers: cookieHeader(cookie) })
+    t.ok(Date.now() - started < 1000, 'answers within the store timeout, not later')
+    t.equal(res.statusCode, 503)
+    t.same(res.json(), {
+      statusCode: 503,
+      code: 'FST_SESSION_STORE_UNAVAILABLE',
+      error: 'Service Unavailable',
+      message: `The session store is unavailable: ${mode === 'hang' ? 'no answer within 100 ms' : mode === 'throw' ? 'connection refused' : 'disk I/O error'}`
+    })
+    t.same(setCookies(res), [])
+    t.equal(warnings(logs).length, 1)
+    t.match(warnings(logs)[0].msg, /session store unavailable while loading the session/)
+    t.ok(warnings(logs)[0].err, 'the cause is logged')
+    t.same(errors(logs), [], 'nothing at error level')
+    provider.mode = 'ok'
+    const recovered = await app.inject({ url: '/get/a', headers: cookieHeader(cookie) })
+    t.same(recovered.json(), { value: 1 }, 'the next request succeeds once the store is back')
+  })
+}
+
+t.test('a request without a cookie needs no store and is served while the store is down', async (t) => {
+  const provider = new FailingProvider()
+  provider.mode = 'throw'
+  const app = await build(t, { provider })
+  t.equal((await app.inject('/none')).statusCode, 200)
+})
+
+t.test('a failed save answers 503 and sets no cookie: nothing is reported saved that was not', async (t) => {
+  const provider = new FailingProvider()
+  const { logs, logger } = captureLogs()
+  const app = await build(t, { provider, storeTimeout: 100 }, { logger })
+  provider.mode = 'throw'
+  const res = await app.inject({ method: 'POST', url: '/set/a', payload: '1', headers: json })
+  t.equal(res.statusCode, 503)
+  t.equal(res.json().code, 'FST_SESSION_STORE_UNAVAILABLE')
+  t.equal(res.headers['content-type'], 'application/json; charset=utf-8')
+  t.same(setCookies(res), [])
+  t.equal(warnings(logs).length, 1)
+  t.match(warnings(logs)[0].msg, /while saving the session/)
+  t.same(errors(logs), [])
+})
+
+t.test("onStoreError 'continue' serves the request with an empty, unsaved session", async (t) => {
+  const provider = new FailingProvider()
+  const { logs, logger } = captureLogs()
+  const app = await build(t, { provider, onStoreError: 'continue' }, { logger })
+  const login = await app.inject({ method: 'POST', url: '/set/a', payload: '1', headers: json })
+  const cookie = sessionCookie(login) as string
+  provider.mode = 'throw'
+  const read = await app.inject({ url: '/get/a', headers: cookieHeader(cookie) })
+  t.equal(read.statusCode, 200)
+  t.same(read.json(), { value: null })
+  const write = await app.inject({ method: 'POST', url: '/set/b', payload: '2', headers: { ...json, ...cookieHeader(cookie) } })
+  t.equal(write.statusCode, 200)
+  t.same(setCookies(write), [], 'no cookie for a session that was never stored')
+  const fresh = await app.inject({ method: 'POST', url: '/set/b', payload: '2', headers: json })
+  t.equal(fresh.statusCode, 200, 'a failed save still answers the handler response')
+  t.same(setCookies(fresh), [])
+  t.equal(warnings(logs).length, 3)
+  provider.mode = 'ok'
+  t.same((await app.inject({ url: '/get/a', headers: cookieHeader(cookie) })).json(), { value: 1 }, 'the stored session was left as it was')
+})
+
+t.test('a logout whose store call fails answers 503: the user is not told a live session ended', async (t) => {
+  const provider = new FailingProvider()
+  const app = await build(t, { provider, onStoreError: 'continue' })
+  const login = await app.inject({ method: 'POST', url: '/set/a', payload: '1', headers: json })
+  const cookie = sessionCookie(login) as string
+  t.equal(provider.memory.size, 1)
+  const realDestroy = provider.destroy.bind(provider)
+  provider.destroy = () => Promise.reject(new Error('connection reset'))
+  const res = await app.inject({ method: 'POST', url: '/logout', headers: cookieHeader(cookie) })
+  t.equal(res.statusCode, 503)
+  t.equal(res.json().code, 'FST_SESSION_STORE_UNAVAILABLE')
+  t.notMatch(setCookies(res).join(), /Max-Age=0/, 'the cookie is not cleared')
+  t.equal(provider.memory.size, 1)
+  provider.destroy = realDestroy
+  t.equal((await app.inject({ method: 'POST', url: '/logout', headers: cookieHeader(cookie) })).statusCode, 200)
+  t.equal(provider.memory.size, 0)
+})
+
+t.test('a failing sweep is logged at warn and the timer goes on', async (t) => {
+  const provider = new FailingProvider()
+  const { logs, logger } = captureLogs()
+  await build(t, { provider, gcInterval: 0.03 }, { logger })
+  provider.mode = 'throw'
+  await new Promise((resolve) => setTimeout(resolve, 100))
+  t.ok(warnings(logs).length >= 2, 'each failed sweep logged')
+  t.match(warnings(logs)[0].msg, /while sweeping expired sessions/)
+})
+
+t.test('set() past maxSessionSize throws a coded error naming the size and the limit', async (t) => {
+  const app = await build(t, { maxSessionSize: 100 })
+  app.post('/big', async (request) => {
+    request.session.set('small', 'x')
+    try {
+      request.session.set('big', 'y'.repeat(200))
+    } catch (err) {
+      return { code: (err as { code: string }).code, message: (err as Error).message, keys: request.session.keys() }
+    }
+    return {}
+  })
+  const res = await app.inject({ method: 'POST', url: '/big' })
+  t.same(res.json(), {
+    code: 'FST_SESSION_TOO_LARGE',
+    message: 'Session data would be 222 bytes of JSON, over the limit of 100 bytes',
+    keys: ['small']
+  })
+  t.ok(sessionCookie(res), 'the request goes on with what fit')
+})
+
+t.test('in-place growth past maxSessionSize fails that response with the same code and leaves the store as it was', async (t) => {
+  const provider = new FailingProvider()
+  const app = await build(t, { provider, maxSessionSize: 100 })
+  app.post('/grow', async (request) => {
+    request.session.get('list').push('z'.repeat(200))
+    return {}
+  })
+  const login = await app.inject({ method: 'POST', url: '/set/list', payload: '["a"]', headers: json })
+  const cookie = sessionCookie(login) as string
+  const res = await app.inject({ method: 'POST', url: '/grow', headers: cookieHeader(cookie) })
+  t.equal(res.statusCode, 500)
+  t.equal(res.json().code, 'FST_SESSION_TOO_LARGE')
+  t.same((await app.inject({ url: '/get/list', headers: cookieHeader(cookie) })).json(), { value: ['a'] })
+})
+
+t.test('a value made unstorable in place fails that response with the serialisation error', async (t) => {
+  const app = await build(t)
+  app.post('/poison', async (request) => {
+    request.session.get('obj').fn = () => 1
+    return {}
+  })
+  const login = await app.inject({ method: 'POST', url: '/set/obj', payload: '{"a":1}', headers: json })
+  const res = await app.inject({ method: 'POST', url: '/poison', headers: cookieHeader(sessionCookie(login) as string) })
+  t.equal(res.statusCode, 500)
+  t.equal(res.json().code, 'FST_SESSION_NOT_SERIALIZABLE')
+})

@@ -1,0 +1,153 @@
+import t from 'tap'
+import { CookieSigner } from '../lib/cookie.js'
+import type { SessionProvider } from '../lib/provider.js'
+import { build, cookieHeader, sessionCookie, SECRET } from './fixtures/app.js'
+import { AsyncMemoryProvider } from './fixtures/providers.js'
+
+const json = { 'content-type': 'application/json' }
+
+async function loginAs (app: Awaited<ReturnType<typeof build>>, user: string | number, agent: string): Promise<string> {
+  const res = await app.inject({ method: 'POST', url: '/login', payload: { user }, headers: { ...json, 'user-agent': agent } })
+  return sessionCookie(res) as string
+}
+
+async function appWithUserRoutes (t: Parameters<typeof build>[0], options = {}): Promise<Awaited<ReturnType<typeof build>>> {
+  const app = await build(t, { userInfoKeys: ['agent'], ...options })
+  app.addHook('preHandler', async (request) => {
+    if (request.url === '/login') request.session.set('agent', request.headers['user-agent'])
+  })
+  app.get('/mine', async (request) => ({
+    handle: request.session.handle,
+    sessions: await app.sessions.listUserSessions(request.session.get('userId'))
+  }))
+  app.post('/end-others', async (request) => ({ ended: await request.session.destroyOtherSessions() }))
+  app.post<{ Body: { handle: string } }>('/end', async (request) => ({
+    ended: await app.sessions.destroyUserSession(request.session.get('userId'), request.body.handle)
+  }))
+  return app
+}
+
+t.test('listUserSessions lists every live session of a user, most recently seen first, with the info keys', async (t) => {
+  const app = await appWithUserRoutes(t, { touchAfter: 0 })
+  const phone = await loginAs(app, 'ada', 'phone')
+  const laptop = await loginAs(app, 'ada', 'laptop')
+  await loginAs(app, 'bob', 'other')
+  await new Promise((resolve) => setTimeout(resolve, 5))
+  await app.inject({ url: '/get/userId', headers: cookieHeader(phone) })
+  const res = (await app.inject({ url: '/mine', headers: cookieHeader(laptop) })).json()
+  t.equal(res.sessions.length, 2)
+  t.same(res.sessions.map((s: { info: unknown }) => s.info), [{ agent: 'phone' }, { agent: 'laptop' }], 'the phone was seen after the laptop logged in')
+  const current = res.sessions.find((s: { handle: string }) => s.handle === res.handle)
+  t.same(current.info, { agent: 'laptop' }, 'request.session.handle marks this device')
+  t.match(current, { handle: /^[A-Za-z0-9_-]{22}$/, createdAt: Number, lastSeenAt: Number, expiresAt: Number })
+  t.ok(res.sessions[0].lastSeenAt > res.sessions[1].lastSeenAt)
+})
+
+t.test('a handle is not the session id and is useless as a cookie', async (t) => {
+  const app = await appWithUserRoutes(t)
+  const cookie = await loginAs(app, 'ada', 'phone')
+  const { handle } = (await app.inject({ url: '/mine', headers: cookieHeader(cookie) })).json()
+  t.not(handle, cookie.slice(0, cookie.lastIndexOf('.')))
+  for (const value of [handle, new CookieSigner([SECRET]).sign(handle)]) {
+    const res = await app.inject({ url: '/get/userId', headers: cookieHeader(value) })
+    t.same(res.json(), { value: null })
+  }
+})
+
+t.test('regenerate() changes the handle and moves the index entry', async (t) => {
+  const app = await appWithUserRoutes(t)
+  const first = await loginAs(app, 'ada', 'phone')
+  const before = (await app.inject({ url: '/mine', headers: cookieHeader(first) })).json()
+  const again = await app.inject({ method: 'POST', url: '/login', payload: { user: 'ada' }, headers: { ...json, ...cookieHeader(first), 'user-agent': 'phone' } })
+  const after = (await app.inject({ url: '/mine', headers: cookieHeader(sessionCookie(again) as string) })).json()
+  t.not(after.handle, before.handle)
+  t.same(after.sessions.map((s: { handle: string }) => s.handle), [after.handle])
+})
+
+t.test('destroyOtherSessions ends every other session of the user and keeps this one', async (t) => {
+  const app = await appWithUserRoutes(t)
+  const cookies = [await loginAs(app, 'ada', 'a'), await loginAs(app, 'ada', 'b'), await loginAs(app, 'ada', 'c')]
+  const bob = await loginAs(app, 'bob', 'b')
+  const res = await app.inject({ method: 'POST', url: '/end-others', headers: cookieHeader(cookies[2]) })
+  t.same(res.json(), { ended: 2 })
+  t.same((await app.inject({ url: '/get/userId', headers: cookieHeader(cookies[0]) })).json(), { value: null })
+  t.same((await app.inject({ url: '/get/userId', headers: cookieHeader(cookies[2]) })).json(), { value: 'ada' })
+  t.same((await app.inject({ url: '/get/userId', headers: cookieHeader(bob) })).json(), { value: 'bob' }, 'another user is untouched')
+  const anonymous = await app.inject({ method: 'POST', url: '/end-others' })
+  t.same(anonymous.json(), { ended: 0 })
+})
+
+t.test('destroyUserSessions takes a handle as except, or nothing at all', async (t) => {
+  const app = await appWithUserRoutes(t)
+  const keep = await loginAs(app, 'ada', 'keep')
+  await loginAs(app, 'ada', 'drop')
+  const { handle } = (await app.inject({ url: '/mine', headers: cookieHeader(keep) })).json()
+  t.equal(await app.sessions.destroyUserSessions('ada', { except: handle }), 1)
+  t.same((await app.inject({ url: '/get/userId', headers: cookieHeader(keep) })).json(), { value: 'ada' })
+  t.equal(await app.sessions.destroyUserSessions('ada', { except: 'not-a-handle' }), 1)
+  t.equal(await app.sessions.destroyUserSessions('ada'), 0)
+})
+
+t.test('destroyUserSession ends one listed session, only for its own user', async (t) => {
+  const app = await appWithUserRoutes(t)
+  const ada = await loginAs(app, 'ada', 'a')
+  const bob = await loginAs(app, 'bob', 'b')
+  const bobHandle = (await app.inject({ url: '/mine', headers: cookieHeader(bob) })).json().handle
+  t.same((await app.inject({ method: 'POST', url: '/end', payload: { handle: bobHandle }, headers: { ...json, ...cookieHeader(ada) } })).json(), { ended: false }, "a leaked handle cannot end someone else's session")
+  t.same((await app.inject({ url: '/get/userId', headers: cookieHeader(bob) })).json(), { value: 'bob' })
+  t.equal(await app.sessions.destroyUserSession('bob', bobHandle), true)
+  t.equal(await app.sessions.destroyUserSession('bob', bobHandle), false)
+  t.equal(await app.sessions.destroyUserSession('bob', 42 as unknown as string), false, 'a malformed handle is false')
+})
+
+t.test('user ids are strings or finite numbers compared as strings; anything else is a coded error', async (t) => {
+  const app = await appWithUserRoutes(t)
+  app.post('/bad-user', async (request) => {
+    try {
+      request.session.set('userId', { id: 1 })
+    } catch (err) {
+      return { code: (err as { code: string }).code }
+    }
+    return {}
+  })
+  await loginAs(app, 7, 'numeric')
+  t.equal((await app.sessions.listUserSessions('7')).length, 1)
+  t.equal((await app.sessions.listUserSessions(7)).length, 1)
+  t.same((await app.inject({ method: 'POST', url: '/bad-user' })).json(), { code: 'FST_SESSION_INVALID_USER' })
+  await t.rejects(app.sessions.listUserSessions(NaN), { code: 'FST_SESSION_INVALID_USER' })
+  await t.rejects(app.sessions.listUserSessions(null as unknown as string), { code: 'FST_SESSION_INVALID_USER' })
+})
+
+t.test('removing the user key takes the session out of the index; expired sessions are not listed', async (t) => {
+  const app = await appWithUserRoutes(t, { maxLifetime: 0.1 })
+  const cookie = await loginAs(app, 'ada', 'a')
+  await loginAs(app, 'ada', 'b')
+  await app.inject({ method: 'POST', url: '/delete/userId', headers: cookieHeader(cookie) })
+  t.equal((await app.sessions.listUserSessions('ada')).length, 1)
+  await new Promise((resolve) => setTimeout(resolve, 130))
+  t.same(await app.sessions.listUserSessions('ada'), [])
+  t.equal(await app.sessions.destroyUserSessions('ada'), 0, 'expired sessions are not counted')
+})
+
+t.test('a user id set to null leaves the index like a delete', async (t) => {
+  const app = await appWithUserRoutes(t)
+  app.post('/anonymous', async (request) => { request.session.set('userId', null); return {} })
+  const cookie = await loginAs(app, 'ada', 'a')
+  await app.inject({ method: 'POST', url: '/anonymous', headers: cookieHeader(cookie) })
+  t.same(await app.sessions.listUserSessions('ada'), [])
+})
+
+t.test('a provider without a user index answers with a coded error', async (t) => {
+  const full = new AsyncMemoryProvider()
+  const bare: SessionProvider = {
+    get: (key) => full.get(key),
+    create: (key, session, replaces) => full.create(key, session, replaces),
+    update: (key, patch) => full.update(key, patch),
+    destroy: (key) => full.destroy(key)
+  }
+  const app = await build(t, { provider: bare })
+  await t.rejects(app.sessions.listUserSessions('ada'), { code: 'FST_SESSION_UNSUPPORTED' })
+  await t.rejects(app.sessions.destroyUserSessions('ada'), { code: 'FST_SESSION_UNSUPPORTED' })
+  await t.rejects(app.sessions.destroyUserSession('ada', 'x'.repeat(22)), { code: 'FST_SESSION_UNSUPPORTED' })
+  t.equal(await app.sessions.gc(), 0, 'no sweep to run')
+})
