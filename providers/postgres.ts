@@ -6,7 +6,7 @@
  * ```sql
  * CREATE TABLE "sessions" (
  *   key          text PRIMARY KEY,  -- the plugin's store key (43 base64url characters)
- *   data         jsonb NOT NULL,    -- one property per top-level session key
+ *   data         jsonb NOT NULL,    -- top-level session key -> JSON text of its value, as a string
  *   user_id      text,              -- the owner, NULL when nobody owns the session
  *   created_at   bigint NOT NULL,   -- epoch milliseconds, all from the app's clock (Date.now())
  *   last_seen_at bigint NOT NULL,
@@ -16,6 +16,13 @@
  * CREATE INDEX ON "sessions" (user_id) WHERE user_id IS NOT NULL;       -- "sessions_user_id_idx"
  * COMMENT ON TABLE "sessions" IS 'fastify-sessions schema version 1';
  * ```
+ *
+ * `data` holds each value's JSON text as a JSON string (`{"cart": "[1,2]"}`)
+ * rather than as parsed JSON: jsonb would reformat the text (spacing, key
+ * order, escapes) and refuses `\u0000` and lone surrogate escapes, while the
+ * contract wants texts back verbatim. `||` and `-` still merge top-level keys
+ * in place, and `(data ->> 'cart')::jsonb` reads a value as JSON in ad hoc
+ * queries.
  *
  * Deadlines are compared with the app's clock rather than `now()` so that the
  * plugin and the store agree on what has expired.
@@ -91,7 +98,7 @@ interface UserSessionRow extends SessionRow {
 }
 
 /**
- * Sessions in one PostgreSQL table. Each write is a single statement guarded
+ * Sessions in one PostgreSQL table. Each write but a replacing create is one statement guarded
  * by `expires_at`, so atomicity comes from row locks: concurrent patches of
  * one session apply one after the other to the latest row, and a write that
  * arrives after a destroy or past the deadline finds no row.
@@ -155,9 +162,7 @@ export class PostgresProvider implements SessionProvider {
     }
 
     const t = this.table.quoted
-    // Arrays of names and JSON texts come from one aggregate pass, so they
-    // line up; `value::text` hands back each top-level value as JSON without
-    // a round trip through JavaScript numbers.
+    // Arrays of names and JSON texts come from one aggregate pass, so they line up.
     const columns = `s.created_at, s.last_seen_at, s.expires_at, d.names, d.jsons FROM ${t} s`
     const upsert = `INSERT INTO ${t} AS s (key, data, user_id, created_at, last_seen_at, expires_at)
       VALUES ($1, $2::jsonb, $3, $4, $5, $6)
@@ -166,14 +171,18 @@ export class PostgresProvider implements SessionProvider {
       WHERE s.expires_at <= $7`
     this.sql = {
       get: `SELECT ${columns}
-        CROSS JOIN LATERAL (SELECT array_agg(e.key) AS names, array_agg(e.value::text) AS jsons FROM jsonb_each(s.data) e) d
+        CROSS JOIN LATERAL (SELECT array_agg(e.key) AS names, array_agg(e.value) AS jsons FROM jsonb_each_text(s.data) e) d
         WHERE s.key = $1 AND s.expires_at > $2`,
       create: upsert,
       destroy: `DELETE FROM ${t} WHERE key = $1 RETURNING expires_at > $2 AS live`,
       deleteLive: `DELETE FROM ${t} WHERE key = $1 AND expires_at > $2`,
-      sweep: `DELETE FROM ${t} WHERE key IN (SELECT key FROM ${t} WHERE expires_at <= $1 LIMIT $2)`,
+      // The batch goes in as an array so its rows are found through the
+      // primary key rather than by a join over the table; the deadline is
+      // checked again because a row can be revived (create over an expired
+      // one) between the batch being picked and deleted.
+      sweep: `DELETE FROM ${t} WHERE key = ANY (ARRAY(SELECT key FROM ${t} WHERE expires_at <= $1 LIMIT $2)) AND expires_at <= $1`,
       listByUser: `SELECT s.key, ${columns}
-        CROSS JOIN LATERAL (SELECT array_agg(n) AS names, array_agg((s.data -> n)::text) AS jsons
+        CROSS JOIN LATERAL (SELECT array_agg(n) AS names, array_agg(s.data ->> n) AS jsons
           FROM unnest($3::text[]) n WHERE s.data ? n) d
         WHERE s.user_id = $1 AND s.expires_at > $2
         ORDER BY s.created_at, s.key`,
@@ -193,7 +202,7 @@ export class PostgresProvider implements SessionProvider {
     try {
       await this.createSchema(client)
     } catch (err) {
-      // Dropping the connection aborts the transaction and frees its lock.
+      // Dropping the connection aborts the transaction and frees the lock.
       client.release(err as Error)
       throw err
     }
@@ -263,7 +272,7 @@ export class PostgresProvider implements SessionProvider {
       removed = await this.sweep(client)
     } catch (err) {
       // Dropping the connection ends its session, and with it the advisory
-      // lock, whatever state the sweep stopped in.
+      // lock, should the unlock itself have failed.
       client.release(err as Error)
       throw err
     }
@@ -297,12 +306,14 @@ export class PostgresProvider implements SessionProvider {
 
   // Concurrent `CREATE TABLE IF NOT EXISTS` can still fail on a unique
   // violation in pg_type, so instances starting together queue on an advisory
-  // lock that the transaction's end releases, and the ones behind the first
-  // find the table made.
+  // lock and the ones behind the first find the table made. The lock is
+  // taken before the transaction, not inside it: a backend refreshes its
+  // catalog caches when a transaction starts, and one that waited inside its
+  // transaction would still see the table as missing and fail to create it.
   private async createSchema (client: PoolClient): Promise<void> {
     const t = this.table.quoted
+    await client.query('SELECT pg_advisory_lock($1::bigint)', [this.ddlLockKey])
     await client.query('BEGIN')
-    await client.query('SELECT pg_advisory_xact_lock($1::bigint)', [this.ddlLockKey])
     if (!(await this.tableExists(client))) {
       await client.query(`CREATE TABLE ${t} (
         key text PRIMARY KEY,
@@ -319,6 +330,7 @@ export class PostgresProvider implements SessionProvider {
       await client.query(`COMMENT ON TABLE ${t} IS 'fastify-sessions schema version ${SCHEMA_VERSION}'`)
     }
     await client.query('COMMIT')
+    await client.query('SELECT pg_advisory_unlock($1::bigint)', [this.ddlLockKey])
   }
 
   private async sweep (client: PoolClient): Promise<number> {
@@ -327,12 +339,17 @@ export class PostgresProvider implements SessionProvider {
     // One cut-off for the whole sweep, so rows expiring meanwhile cannot keep it going.
     const now = Date.now()
     let removed = 0
-    let batch: number
-    do {
-      batch = (await client.query(this.sql.sweep, [now, this.gcBatchSize])).rowCount as number
-      removed += batch
-    } while (batch === this.gcBatchSize)
-    await client.query('SELECT pg_advisory_unlock($1::bigint)', [this.gcLockKey])
+    try {
+      let batch: number
+      do {
+        batch = (await client.query(this.sql.sweep, [now, this.gcBatchSize])).rowCount as number
+        removed += batch
+      } while (batch === this.gcBatchSize)
+    } finally {
+      // Unlocked at once, so a failed sweep does not keep the other
+      // instances from sweeping until the discarded connection is gone.
+      await client.query('SELECT pg_advisory_unlock($1::bigint)', [this.gcLockKey])
+    }
     return removed
   }
 
@@ -356,15 +373,14 @@ export class PostgresProvider implements SessionProvider {
 }
 
 /**
- * Builds the JSON object text from the values' JSON texts by concatenation:
- * the values are never parsed, so nothing about them is lost or reordered on
- * the way to PostgreSQL.
+ * The text of the jsonb object mapping each name to its JSON text as a
+ * string, built by concatenation: the values are quoted, never parsed.
  */
 function jsonObject (data: ReadonlyMap<string, string>): string {
   let text = '{'
   for (const [name, json] of data) {
     if (text.length > 1) text += ','
-    text += JSON.stringify(name) + ':' + json
+    text += JSON.stringify(name) + ':' + JSON.stringify(json)
   }
   return text + '}'
 }
@@ -378,7 +394,7 @@ function toSession (row: SessionRow): StoredSession {
     data,
     createdAt: Number(row.created_at),
     lastSeenAt: Number(row.last_seen_at),
-    expiresAt: Number(row.expires_at),
+    expiresAt: Number(row.expires_at)
   }
 }
 
