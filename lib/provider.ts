@@ -122,7 +122,8 @@ export interface UserSessionRecord {
  * Makes a provider from its options. May be async (to connect or to create a
  * table). Registered under a name with `registerProvider`.
  */
-export type ProviderFactory<Options = any> = (options: Options) => Promise<SessionProvider> | SessionProvider
+export type ProviderFactory<Options = any> = (options: Options) =>
+  Promise<SessionProvider | StatelessSessionProvider> | SessionProvider | StatelessSessionProvider
 
 /**
  * A provider that keeps the whole session inside the cookie, sealed, instead

@@ -7,7 +7,7 @@ t.test('every error code is documented in the README, and every documented code 
   const section = readme.slice(readme.indexOf('## Error codes'), readme.indexOf('## Security notes'))
   const documented = [...section.matchAll(/^\| `(FST_SESSION_[A-Z_]+)` \| (\d{3}) \|/gm)].map(([, code, status]) => [code, Number(status)])
   const defined = Object.entries(errors).map(([name, ErrorType]) => {
-    const err = new ErrorType('a', 'b')
+    const err = new (ErrorType as new (...args: unknown[]) => Error & { code: string, statusCode: number })('a', 'b')
     t.equal(err.code, name, `${name} is exported under its own code`)
     return [err.code, err.statusCode]
   })

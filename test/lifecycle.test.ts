@@ -21,7 +21,7 @@ t.test('a request without a cookie gets an empty new session and no Set-Cookie',
 t.test('setting data on a new session stores it under the SHA-256 of the id and sets a signed cookie', async (t) => {
   const provider = new RecordingProvider()
   const app = await build(t, { provider })
-  const res = await app.inject({ method: 'POST', url: '/set/views', payload: 1, headers: { 'content-type': 'application/json' } })
+  const res = await app.inject({ method: 'POST', url: '/set/views', payload: '1', headers: { 'content-type': 'application/json' } })
   t.equal(res.statusCode, 200)
   const cookie = sessionCookie(res) as string
   const id = res.json().id
@@ -37,7 +37,7 @@ t.test('setting data on a new session stores it under the SHA-256 of the id and 
 
 t.test('a later request with the cookie sees the data and gets no Set-Cookie', async (t) => {
   const app = await build(t)
-  const login = await app.inject({ method: 'POST', url: '/set/views', payload: 7, headers: { 'content-type': 'application/json' } })
+  const login = await app.inject({ method: 'POST', url: '/set/views', payload: '7', headers: { 'content-type': 'application/json' } })
   const res = await app.inject({ url: '/get/views', headers: cookieHeader(sessionCookie(login) as string) })
   t.same(res.json(), { value: 7 })
   t.same(setCookies(res), [])
@@ -47,14 +47,14 @@ t.test('a later request with the cookie sees the data and gets no Set-Cookie', a
 t.test('a cookie with a bad signature is no session: 200, not adopted, no Set-Cookie on a read', async (t) => {
   const provider = new RecordingProvider()
   const app = await build(t, { provider })
-  const login = await app.inject({ method: 'POST', url: '/set/views', payload: 1, headers: { 'content-type': 'application/json' } })
+  const login = await app.inject({ method: 'POST', url: '/set/views', payload: '1', headers: { 'content-type': 'application/json' } })
   const cookie = sessionCookie(login) as string
   const tampered = cookie.slice(0, -2) + (cookie.endsWith('A') ? 'BB' : 'AA')
   const read = await app.inject({ url: '/get/views', headers: cookieHeader(tampered) })
   t.equal(read.statusCode, 200)
   t.same(read.json(), { value: null })
   t.same(setCookies(read), [])
-  const write = await app.inject({ method: 'POST', url: '/set/x', payload: 2, headers: { 'content-type': 'application/json', ...cookieHeader(tampered) } })
+  const write = await app.inject({ method: 'POST', url: '/set/x', payload: '2', headers: { 'content-type': 'application/json', ...cookieHeader(tampered) } })
   t.not(write.json().id, idOf(cookie), 'a fresh id, never the client one')
   t.equal(provider.count('get'), 0, 'the store is not asked about a cookie that fails its signature')
 })
@@ -81,7 +81,7 @@ t.test('a validly signed id the store does not know is never adopted', async (t)
   const cookie = new CookieSigner([SECRET]).sign(planted)
   const read = await app.inject({ url: '/get/views', headers: cookieHeader(cookie) })
   t.same(setCookies(read), [], 'nothing to clear on a read')
-  const res = await app.inject({ method: 'POST', url: '/set/views', payload: 1, headers: { 'content-type': 'application/json', ...cookieHeader(cookie) } })
+  const res = await app.inject({ method: 'POST', url: '/set/views', payload: '1', headers: { 'content-type': 'application/json', ...cookieHeader(cookie) } })
   const id = res.json().id
   t.not(id, planted)
   t.equal(idOf(sessionCookie(res) as string), id)
@@ -90,7 +90,7 @@ t.test('a validly signed id the store does not know is never adopted', async (t)
 
 t.test('the first value of a repeated session cookie that verifies wins', async (t) => {
   const app = await build(t)
-  const login = await app.inject({ method: 'POST', url: '/set/views', payload: 3, headers: { 'content-type': 'application/json' } })
+  const login = await app.inject({ method: 'POST', url: '/set/views', payload: '3', headers: { 'content-type': 'application/json' } })
   const good = sessionCookie(login) as string
   const res = await app.inject({ url: '/get/views', headers: { cookie: `xsessionid=nope; sessionid=forged.sig; other=1; sessionid=${good}; sessionid=later` } })
   t.same(res.json(), { value: 3 })
@@ -98,14 +98,14 @@ t.test('the first value of a repeated session cookie that verifies wins', async 
 
 t.test('a percent-encoded cookie, as other cookie writers send it, is read', async (t) => {
   const app = await build(t)
-  const login = await app.inject({ method: 'POST', url: '/set/views', payload: 4, headers: { 'content-type': 'application/json' } })
+  const login = await app.inject({ method: 'POST', url: '/set/views', payload: '4', headers: { 'content-type': 'application/json' } })
   const res = await app.inject({ url: '/get/views', headers: cookieHeader(encodeURIComponent(sessionCookie(login) as string)) })
   t.same(res.json(), { value: 4 })
 })
 
 t.test('an idle session expires', async (t) => {
   const app = await build(t, { maxLifetime: 0.1, touchAfter: 0 })
-  const login = await app.inject({ method: 'POST', url: '/set/views', payload: 1, headers: { 'content-type': 'application/json' } })
+  const login = await app.inject({ method: 'POST', url: '/set/views', payload: '1', headers: { 'content-type': 'application/json' } })
   const cookie = sessionCookie(login) as string
   t.same((await app.inject({ url: '/get/views', headers: cookieHeader(cookie) })).json(), { value: 1 })
   await new Promise((resolve) => setTimeout(resolve, 150))
@@ -114,7 +114,7 @@ t.test('an idle session expires', async (t) => {
 
 t.test('activity keeps a session alive until its absolute lifetime ends it', async (t) => {
   const app = await build(t, { maxLifetime: 0.2, absoluteLifetime: 0.35, touchAfter: 0 })
-  const login = await app.inject({ method: 'POST', url: '/set/views', payload: 1, headers: { 'content-type': 'application/json' } })
+  const login = await app.inject({ method: 'POST', url: '/set/views', payload: '1', headers: { 'content-type': 'application/json' } })
   const cookie = sessionCookie(login) as string
   for (let i = 0; i < 3; i++) {
     await new Promise((resolve) => setTimeout(resolve, 100))
@@ -128,7 +128,7 @@ t.test('an absolute lifetime shorter than the idle one wins', async (t) => {
   const provider = new RecordingProvider()
   const app = await build(t, { provider, maxLifetime: 3600, absoluteLifetime: 60 })
   const before = Date.now()
-  await app.inject({ method: 'POST', url: '/set/views', payload: 1, headers: { 'content-type': 'application/json' } })
+  await app.inject({ method: 'POST', url: '/set/views', payload: '1', headers: { 'content-type': 'application/json' } })
   const created = provider.calls.find((call) => call.method === 'create')
   t.ok(created?.session !== undefined)
   const { createdAt, expiresAt } = created?.session as { createdAt: number, expiresAt: number }
@@ -139,7 +139,7 @@ t.test('an absolute lifetime shorter than the idle one wins', async (t) => {
 t.test('a session the lifetimes now configured call expired is no session, whatever the store says', async (t) => {
   const provider = new RecordingProvider()
   const first = await build(t, { provider, maxLifetime: 3600 })
-  const login = await first.inject({ method: 'POST', url: '/set/views', payload: 1, headers: { 'content-type': 'application/json' } })
+  const login = await first.inject({ method: 'POST', url: '/set/views', payload: '1', headers: { 'content-type': 'application/json' } })
   await first.close()
   const second = await build(t, { provider, maxLifetime: 0.05 })
   await new Promise((resolve) => setTimeout(resolve, 80))
@@ -150,7 +150,7 @@ t.test('a session the lifetimes now configured call expired is no session, whate
 t.test('a read-only request refreshes the idle deadline at most once per touchAfter', async (t) => {
   const provider = new RecordingProvider()
   const app = await build(t, { provider, maxLifetime: 60, touchAfter: 0.1 })
-  const login = await app.inject({ method: 'POST', url: '/set/views', payload: 1, headers: { 'content-type': 'application/json' } })
+  const login = await app.inject({ method: 'POST', url: '/set/views', payload: '1', headers: { 'content-type': 'application/json' } })
   const cookie = sessionCookie(login) as string
   await app.inject({ url: '/get/views', headers: cookieHeader(cookie) })
   await app.inject({ url: '/get/views', headers: cookieHeader(cookie) })
@@ -172,7 +172,7 @@ t.test('touch() forces the idle deadline to be written on this response', async 
   const provider = new RecordingProvider()
   const app = await build(t, { provider })
   app.get('/touch', async (request) => { request.session.touch(); return {} })
-  const login = await app.inject({ method: 'POST', url: '/set/views', payload: 1, headers: { 'content-type': 'application/json' } })
+  const login = await app.inject({ method: 'POST', url: '/set/views', payload: '1', headers: { 'content-type': 'application/json' } })
   await app.inject({ url: '/touch', headers: cookieHeader(sessionCookie(login) as string) })
   t.equal(provider.count('update'), 1)
 })
@@ -180,7 +180,7 @@ t.test('touch() forces the idle deadline to be written on this response', async 
 t.test('no touch is written once the absolute deadline caps the idle one', async (t) => {
   const provider = new RecordingProvider()
   const app = await build(t, { provider, maxLifetime: 60, absoluteLifetime: 30, touchAfter: 0 })
-  const login = await app.inject({ method: 'POST', url: '/set/views', payload: 1, headers: { 'content-type': 'application/json' } })
+  const login = await app.inject({ method: 'POST', url: '/set/views', payload: '1', headers: { 'content-type': 'application/json' } })
   await app.inject({ url: '/get/views', headers: cookieHeader(sessionCookie(login) as string) })
   t.equal(provider.count('update'), 0)
 })
@@ -196,7 +196,7 @@ t.test('a write sends only the keys that changed', async (t) => {
   })
   const login = await app.inject({ method: 'POST', url: '/seed' })
   const cookie = sessionCookie(login) as string
-  await app.inject({ method: 'POST', url: '/set/a', payload: 2, headers: { 'content-type': 'application/json', ...cookieHeader(cookie) } })
+  await app.inject({ method: 'POST', url: '/set/a', payload: '2', headers: { 'content-type': 'application/json', ...cookieHeader(cookie) } })
   await app.inject({ method: 'POST', url: '/delete/c', headers: cookieHeader(cookie) })
   const updates = provider.calls.filter((call) => call.method === 'update').map((call) => call.patch)
   t.same(updates.map((patch) => [patch?.set === null ? null : [...(patch?.set ?? [])], patch?.delete]), [
@@ -258,7 +258,7 @@ t.test('routes with config.session false neither load nor save', async (t) => {
   const provider = new RecordingProvider()
   const app = await build(t, { provider })
   app.get('/health', { config: { session: false } }, async (request) => ({ session: request.session }))
-  const login = await app.inject({ method: 'POST', url: '/set/views', payload: 1, headers: { 'content-type': 'application/json' } })
+  const login = await app.inject({ method: 'POST', url: '/set/views', payload: '1', headers: { 'content-type': 'application/json' } })
   provider.calls.length = 0
   const res = await app.inject({ url: '/health', headers: cookieHeader(sessionCookie(login) as string) })
   t.same(res.json(), { session: null })

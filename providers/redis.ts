@@ -1,0 +1,526 @@
+import { Redis, type Cluster } from 'ioredis'
+import { registerProvider } from '../lib/registry.js'
+import { FST_SESSION_PROVIDER_OPTION } from '../lib/errors.js'
+import type { NewSession, SessionPatch, SessionProvider, StoredSession, UserSessionRecord } from '../lib/provider.js'
+
+/** Options of the `redis` provider. Give exactly one of `url` and `client`. */
+export interface RedisProviderOptions {
+  /**
+   * A `redis://` or `rediss://` URL. The provider then makes its own client,
+   * which connects on first use, fails a command within about two seconds
+   * while Redis is unreachable, reconnects by itself and is closed by
+   * `close()`.
+   * @default undefined
+   */
+  url?: string
+
+  /**
+   * An ioredis `Redis` or `Cluster` the application already has (for
+   * instance from `@fastify/redis`). It is used as it is, with its `db` and
+   * `keyPrefix`, and stays open after `close()`.
+   * @default undefined
+   */
+  client?: Redis | Cluster
+
+  /**
+   * Put before every key the provider writes.
+   * @default 'sess:'
+   */
+  prefix?: string
+
+  /**
+   * Whether sessions may live on different shards, so that no script may
+   * touch two sessions or a session and its user's index. A sharded provider
+   * keeps the user index with separate commands after each script instead of
+   * inside it, which is not atomic. Set it for a sharding proxy in front of
+   * plain `Redis` clients, or clear it for a `Cluster` whose `keyPrefix` holds
+   * a hash tag (every key in one slot).
+   * @default true for a `Cluster` client, false otherwise
+   */
+  sharded?: boolean
+}
+
+declare module '../lib/registry.js' {
+  interface SessionProviders {
+    redis: RedisProviderOptions
+  }
+}
+
+export const REDIS_PROVIDER = 'redis'
+
+type RedisClient = Redis | Cluster
+
+/**
+ * Settings of the client made from `url`. `maxRetriesPerRequest: 0` fails
+ * every queued or unanswered command as soon as a connection attempt fails,
+ * instead of replaying it later: a replayed create or destroy would answer
+ * wrongly, and a caller should hear about an outage at once. Because a
+ * refused connection is retried at least every second, a command waits at
+ * most that long; `commandTimeout` bounds the cases where nothing fails
+ * (a server that accepts but never answers), `connectTimeout` a host that
+ * drops packets, and `socketTimeout` replaces a connection that went silent.
+ */
+const OWN_CLIENT_OPTIONS = {
+  lazyConnect: true,
+  enableOfflineQueue: true,
+  maxRetriesPerRequest: 0,
+  connectTimeout: 2000,
+  commandTimeout: 2000,
+  socketTimeout: 5000,
+  retryStrategy: reconnectDelay
+}
+
+function reconnectDelay (attempt: number): number {
+  return Math.min(attempt * 100, 1000)
+}
+
+// Failures reach callers as rejected commands; without a listener ioredis
+// would print every failed reconnection attempt.
+function ignoreConnectionError (): void {}
+
+/*
+ * Storage layout. A session is one hash `<prefix>{<key>}`: the braces make
+ * the key its own hash tag, so whatever a script touches for one session is
+ * in one Cluster slot. Metadata fields are single letters (`c` createdAt,
+ * `s` lastSeenAt, `e` expiresAt, `u` user) and every data field is its name
+ * behind `d`, so no session key can collide with metadata, whatever it is
+ * called. The hash expires natively at `expiresAt` (rounded up to the
+ * millisecond); reads still compare `e` with the clock, as the server's
+ * expiry may lag ours.
+ *
+ * A user's sessions are a sorted set `<prefix>user:{<user>}`: member = the
+ * session key, score = its deadline. Expired members are trimmed whenever the
+ * set is written or read, and the set itself expires with its last session,
+ * so an index nobody reads does not grow without bound.
+ *
+ * Every script takes the same first arguments: the client's clock, the full
+ * key prefix (the client's `keyPrefix` included, as ioredis adds it to
+ * declared keys only), and whether to keep the user index inline.
+ *
+ * Unsharded, a script reaches the user indexes and the record under
+ * `replaces` through keys it builds from that prefix instead of receiving
+ * them in KEYS: the former owner of a record is only known inside the script,
+ * and this keeps every write one atomic round trip. A standalone server
+ * allows it; a Cluster refuses keys of another node, hence `sharded`, where
+ * each script touches nothing but KEYS[1].
+ */
+const PRELUDE = `
+local now = tonumber(ARGV[1])
+local prefix = ARGV[2]
+local inline = ARGV[3] == '1'
+
+local function sessionKey (member)
+  return prefix .. '{' .. member .. '}'
+end
+
+local function indexKey (user)
+  return prefix .. 'user:{' .. user .. '}'
+end
+
+local function settle (index)
+  redis.call('ZREMRANGEBYSCORE', index, '-inf', ARGV[1])
+  local last = redis.call('ZREVRANGE', index, 0, 0, 'WITHSCORES')
+  if last[2] then redis.call('PEXPIREAT', index, last[2]) end
+end
+
+local function unindex (user, member)
+  if inline and user then
+    local index = indexKey(user)
+    redis.call('ZREM', index, member)
+    settle(index)
+  end
+end
+
+local function index (user, member, deadline)
+  if inline and user then
+    local index = indexKey(user)
+    redis.call('ZADD', index, deadline, member)
+    settle(index)
+  end
+end
+
+-- unpack() has a stack limit, so long argument runs go in slices
+local function each (command, key, first, last)
+  for i = first, last, 100 do
+    redis.call(command, key, unpack(ARGV, i, math.min(i + 99, last)))
+  end
+end
+`
+
+/*
+ * Every write script answers {1 or 0, the owner of the record it found under
+ * KEYS[1] and changed or deleted, or false}, so that a sharded caller can move
+ * the index entry.
+ *
+ * ARGV 4 key, 5 has replaces, 6 replaces, 7 createdAt, 8 lastSeenAt,
+ * 9 expiresAt, 10 deadline, 11 has user, 12 user, 13... field, value.
+ * An expired record under the key or under `replaces` counts as missing and
+ * is dropped on the way.
+ */
+const CREATE = PRELUDE + `
+local key = KEYS[1]
+local current = redis.call('HMGET', key, 'e', 'u')
+if current[1] and tonumber(current[1]) > now then return {0, false} end
+if ARGV[5] == '1' then
+  local old = sessionKey(ARGV[6])
+  local previous = redis.call('HMGET', old, 'e', 'u')
+  if not previous[1] then return {0, false} end
+  redis.call('DEL', old)
+  unindex(previous[2], ARGV[6])
+  if tonumber(previous[1]) <= now then return {0, false} end
+end
+if current[1] then
+  redis.call('DEL', key)
+  unindex(current[2], ARGV[4])
+end
+redis.call('HSET', key, 'c', ARGV[7], 's', ARGV[8], 'e', ARGV[9])
+local user = false
+if ARGV[11] == '1' then
+  user = ARGV[12]
+  redis.call('HSET', key, 'u', user)
+end
+each('HSET', key, 13, #ARGV)
+redis.call('PEXPIREAT', key, ARGV[10])
+index(user, ARGV[4], ARGV[10])
+return {1, current[2]}
+`
+
+/*
+ * ARGV 4 key, 5 lastSeenAt, 6 expiresAt, 7 deadline, 8 owner change
+ * ('=' keep, 's' set, '-' clear), 9 user, 10 how many ARGV hold fields to set,
+ * then field, value pairs, then fields to delete.
+ */
+const UPDATE = PRELUDE + `
+local key = KEYS[1]
+local current = redis.call('HMGET', key, 'e', 'u')
+if not current[1] then return {0, false} end
+if tonumber(current[1]) <= now then
+  redis.call('DEL', key)
+  unindex(current[2], ARGV[4])
+  return {0, current[2]}
+end
+local setEnd = 10 + tonumber(ARGV[10])
+each('HSET', key, 11, setEnd)
+each('HDEL', key, setEnd + 1, #ARGV)
+redis.call('HSET', key, 's', ARGV[5], 'e', ARGV[6])
+local user = current[2]
+if ARGV[8] == 's' then
+  user = ARGV[9]
+  redis.call('HSET', key, 'u', user)
+elseif ARGV[8] == '-' then
+  user = false
+  redis.call('HDEL', key, 'u')
+end
+redis.call('PEXPIREAT', key, ARGV[7])
+if current[2] and current[2] ~= user then unindex(current[2], ARGV[4]) end
+index(user, ARGV[4], ARGV[7])
+return {1, current[2]}
+`
+
+/* ARGV 4 key, 5 only if owned, 6 owner. Answers 1 when a live record was deleted. */
+const DESTROY = PRELUDE + `
+local key = KEYS[1]
+local current = redis.call('HMGET', key, 'e', 'u')
+if not current[1] then return {0, false} end
+if ARGV[5] == '1' and current[2] ~= ARGV[6] then return {0, false} end
+redis.call('DEL', key)
+unindex(current[2], ARGV[4])
+if tonumber(current[1]) > now then return {1, current[2]} end
+return {0, current[2]}
+`
+
+/*
+ * Unsharded only: KEYS[1] the user's index; ARGV 4 user, 5 has except,
+ * 6 except. A member whose hash belongs to someone else is only unlisted.
+ */
+const DESTROY_BY_USER = PRELUDE + `
+local index = KEYS[1]
+redis.call('ZREMRANGEBYSCORE', index, '-inf', ARGV[1])
+local removed = 0
+for _, member in ipairs(redis.call('ZRANGE', index, 0, -1)) do
+  if ARGV[5] ~= '1' or member ~= ARGV[6] then
+    local key = sessionKey(member)
+    local current = redis.call('HMGET', key, 'e', 'u')
+    if current[2] == ARGV[4] then
+      redis.call('DEL', key)
+      if tonumber(current[1]) > now then removed = removed + 1 end
+    end
+    redis.call('ZREM', index, member)
+  end
+end
+settle(index)
+return removed
+`
+
+/** Sharded only: KEYS[1] a user's index; ARGV 4 member, 5 deadline, or '' to remove. */
+const INDEX = PRELUDE + `
+if ARGV[5] == '' then
+  redis.call('ZREM', KEYS[1], ARGV[4])
+else
+  redis.call('ZADD', KEYS[1], ARGV[5], ARGV[4])
+end
+settle(KEYS[1])
+return 1
+`
+
+type Script = (...args: string[]) => Promise<unknown>
+
+interface Scripts {
+  fastifySessionsCreate: Script
+  fastifySessionsUpdate: Script
+  fastifySessionsDestroy: Script
+  fastifySessionsDestroyByUser: Script
+  fastifySessionsIndex: Script
+}
+
+const DATA = 'd'
+
+function fail (message: string): never {
+  throw new FST_SESSION_PROVIDER_OPTION(REDIS_PROVIDER, message)
+}
+
+function isClient (value: unknown): value is RedisClient {
+  const client = value as Partial<RedisClient> | null
+  return typeof client === 'object' && client !== null &&
+    typeof client.call === 'function' && typeof client.defineCommand === 'function'
+}
+
+function ownClient (url: unknown): Redis {
+  if (typeof url !== 'string' || !/^rediss?:\/\/./.test(url)) {
+    fail('url must be a redis:// or rediss:// URL')
+  }
+  const client = new Redis(url, OWN_CLIENT_OPTIONS)
+  client.on('error', ignoreConnectionError)
+  return client
+}
+
+/** The PEXPIREAT argument and index score for a deadline: whole milliseconds, never early. */
+function deadline (expiresAt: number): string {
+  return String(Math.ceil(expiresAt))
+}
+
+/**
+ * The field, value pairs of an HGETALL reply: a flat array, or an object on a
+ * client whose `replyMapping` is `'resp3'` (ioredis keeps `__proto__` as an
+ * own property there).
+ */
+function fieldsOf (reply: unknown): Array<[string, string]> {
+  if (!Array.isArray(reply)) return Object.entries(reply as Record<string, string>)
+  const fields: Array<[string, string]> = []
+  for (let i = 0; i < reply.length; i += 2) fields.push([reply[i], reply[i + 1]])
+  return fields
+}
+
+/**
+ * Sessions in Redis hashes with native expiry, written by Lua scripts so that
+ * every write is one atomic round trip (see the layout above).
+ */
+export class RedisProvider implements SessionProvider {
+  /** The client in use, made from `url` or handed in. */
+  readonly client: RedisClient
+  readonly prefix: string
+  readonly sharded: boolean
+  private readonly owned: boolean
+  private readonly keyspace: string
+  private readonly scripts: Scripts
+  private closed = false
+
+  constructor (options: RedisProviderOptions) {
+    if (typeof options !== 'object' || options === null) fail('options must be an object with url or client')
+    const { url, client, prefix = 'sess:', sharded } = options
+    if (url !== undefined && client !== undefined) fail('give either url or client, not both')
+    if (url === undefined && client === undefined) fail('give url or client')
+    if (client !== undefined && !isClient(client)) fail('client must be an ioredis Redis or Cluster')
+    if (typeof prefix !== 'string') fail('prefix must be a string')
+    if (sharded !== undefined && typeof sharded !== 'boolean') fail('sharded must be a boolean')
+
+    this.owned = client === undefined
+    this.client = client ?? ownClient(url)
+    this.prefix = prefix
+    this.sharded = sharded ?? this.client.isCluster
+    const { keyPrefix = '' } = this.client.options
+    this.keyspace = keyPrefix + prefix
+
+    // defineCommand sends EVALSHA and falls back to EVAL on NOSCRIPT, so a
+    // SCRIPT FLUSH or a restarted server costs one extra command, no error.
+    this.client.defineCommand('fastifySessionsCreate', { numberOfKeys: 1, lua: CREATE })
+    this.client.defineCommand('fastifySessionsUpdate', { numberOfKeys: 1, lua: UPDATE })
+    this.client.defineCommand('fastifySessionsDestroy', { numberOfKeys: 1, lua: DESTROY })
+    this.client.defineCommand('fastifySessionsDestroyByUser', { numberOfKeys: 1, lua: DESTROY_BY_USER })
+    this.client.defineCommand('fastifySessionsIndex', { numberOfKeys: 1, lua: INDEX })
+    this.scripts = this.client as unknown as Scripts
+  }
+
+  async get (key: string): Promise<StoredSession | null> {
+    // `call` with the upper-case name skips ioredis's HGETALL-to-object
+    // conversion, so the reply stays the raw field list.
+    const reply = await this.client.call('HGETALL', this.sessionKey(key))
+    const data = new Map<string, string>()
+    let createdAt = NaN
+    let lastSeenAt = NaN
+    let expiresAt = NaN
+    for (const [field, value] of fieldsOf(reply)) {
+      if (field === 'c') createdAt = Number(value)
+      else if (field === 's') lastSeenAt = Number(value)
+      else if (field === 'e') expiresAt = Number(value)
+      else if (field.startsWith(DATA)) data.set(field.slice(DATA.length), value)
+    }
+    // NaN (no hash) fails the comparison too
+    if (!(expiresAt > Date.now())) return null
+    return { data, createdAt, lastSeenAt, expiresAt }
+  }
+
+  async create (key: string, session: NewSession, replaces?: string): Promise<boolean> {
+    if (this.sharded && replaces !== undefined) {
+      // Two slots, so two steps, ordered so that a refusal changes nothing:
+      // the new record first (refused when the key is taken), then the old
+      // one goes, and when it had gone already the new one goes again. The
+      // new key is unknown to anyone until this answers, so nobody sees it
+      // come and go, and a concurrent destroy of the old record still wins.
+      if (!await this.create(key, session)) return false
+      if (await this.destroy(replaces)) return true
+      await this.destroy(key)
+      return false
+    }
+    const until = deadline(session.expiresAt)
+    const args = this.head(key)
+    args.push(
+      replaces === undefined ? '0' : '1', replaces ?? '',
+      String(session.createdAt), String(session.lastSeenAt), String(session.expiresAt), until,
+      session.user === null ? '0' : '1', session.user ?? ''
+    )
+    for (const [name, json] of session.data) args.push(DATA + name, json)
+    const [created, previous] = await this.write(this.scripts.fastifySessionsCreate(this.sessionKey(key), ...args))
+    if (this.sharded) await this.follow(key, previous, created ? session.user : null, until)
+    return created
+  }
+
+  async update (key: string, patch: SessionPatch): Promise<boolean> {
+    const until = deadline(patch.expiresAt)
+    const args = this.head(key)
+    const owner = patch.user === undefined ? '=' : patch.user === null ? '-' : 's'
+    args.push(String(patch.lastSeenAt), String(patch.expiresAt), until, owner, patch.user ?? '', '0')
+    if (patch.set !== null) {
+      for (const [name, json] of patch.set) args.push(DATA + name, json)
+      args[9] = String(args.length - 10)
+    }
+    if (patch.delete !== null) for (const name of patch.delete) args.push(DATA + name)
+    const [updated, previous] = await this.write(this.scripts.fastifySessionsUpdate(this.sessionKey(key), ...args))
+    if (this.sharded) {
+      const next = !updated ? null : patch.user === undefined ? previous : patch.user
+      await this.follow(key, previous, next, until)
+    }
+    return updated
+  }
+
+  async destroy (key: string): Promise<boolean> {
+    const [live, previous] = await this.destroyRecord(key, null)
+    if (this.sharded) await this.follow(key, previous, null, '')
+    return live
+  }
+
+  async listByUser (user: string, infoKeys: readonly string[]): Promise<UserSessionRecord[]> {
+    const now = Date.now()
+    const members = await this.members(user, now)
+    const fields = ['c', 's', 'e', 'u', ...infoKeys.map((name) => DATA + name)]
+    const rows = await Promise.all(members.map((member) => this.client.hmget(this.sessionKey(member), ...fields)))
+    const list: UserSessionRecord[] = []
+    for (let i = 0; i < members.length; i++) {
+      const [createdAt, lastSeenAt, expiresAt, owner, ...values] = rows[i]
+      // a missing record has no owner; a stale entry names someone else
+      if (owner !== user || !(Number(expiresAt) > now)) continue
+      const info = new Map<string, string>()
+      for (let j = 0; j < infoKeys.length; j++) {
+        const json = values[j]
+        if (json !== null) info.set(infoKeys[j], json)
+      }
+      list.push({ key: members[i], createdAt: Number(createdAt), lastSeenAt: Number(lastSeenAt), expiresAt: Number(expiresAt), info })
+    }
+    return list
+  }
+
+  async destroyByUser (user: string, exceptKey?: string): Promise<number> {
+    if (!this.sharded) {
+      const args = this.head(user)
+      args.push(exceptKey === undefined ? '0' : '1', exceptKey ?? '')
+      return Number(await this.scripts.fastifySessionsDestroyByUser(this.indexKey(user), ...args))
+    }
+    const doomed = (await this.members(user, Date.now())).filter((member) => member !== exceptKey)
+    if (doomed.length === 0) return 0
+    const outcomes = await Promise.all(doomed.map((member) => this.destroyRecord(member, user)))
+    await this.client.zrem(this.indexKey(user), ...doomed)
+    return outcomes.filter(([live]) => live).length
+  }
+
+  close (): void {
+    if (this.closed) return
+    this.closed = true
+    if (this.owned) this.client.disconnect()
+  }
+
+  private sessionKey (key: string): string {
+    return `${this.prefix}{${key}}`
+  }
+
+  private indexKey (user: string): string {
+    return `${this.prefix}user:{${user}}`
+  }
+
+  /** The arguments every script starts with (see PRELUDE), then the key or user it is about. */
+  private head (subject: string): string[] {
+    return [String(Date.now()), this.keyspace, this.sharded ? '0' : '1', subject]
+  }
+
+  /** Deletes a record, when `owner` is given only if it is theirs. */
+  private destroyRecord (key: string, owner: string | null): Promise<[boolean, string | null]> {
+    const args = this.head(key)
+    args.push(owner === null ? '0' : '1', owner ?? '')
+    return this.write(this.scripts.fastifySessionsDestroy(this.sessionKey(key), ...args))
+  }
+
+  /** A write script's answer: whether it did its work, and the owner of the record it found. */
+  private async write (reply: Promise<unknown>): Promise<[boolean, string | null]> {
+    const [done, previous] = await reply as [number | string, string | null]
+    return [Number(done) === 1, previous]
+  }
+
+  /**
+   * Sharded only: moves the index entry of `key` from its former owner to
+   * its owner now (`null`: none, or the record is gone). The index is in
+   * another slot, so this runs after the script and is not atomic with it:
+   * for a moment (or for good, if the process dies in between) the index may
+   * miss a session or list it under its former owner. Reads of the index
+   * check the owner in the record itself, and every entry leaves with its
+   * deadline, so a stray entry is never served and does not stay.
+   */
+  private async follow (key: string, previous: string | null, next: string | null, until: string): Promise<void> {
+    const moves: Array<Promise<unknown>> = []
+    if (previous !== null && previous !== next) moves.push(this.index(previous, key, ''))
+    if (next !== null) moves.push(this.index(next, key, until))
+    await Promise.all(moves)
+  }
+
+  /** Sharded only: adds (with a deadline) or removes (with '') a user's index entry. */
+  private index (user: string, key: string, until: string): Promise<unknown> {
+    const args = this.head(key)
+    args.push(until)
+    return this.scripts.fastifySessionsIndex(this.indexKey(user), ...args)
+  }
+
+  /** The members of a user's index, after dropping those whose deadline has passed. */
+  private async members (user: string, now: number): Promise<string[]> {
+    const index = this.indexKey(user)
+    // one key, one connection: the trim runs before the read
+    const [, members] = await Promise.all([
+      this.client.zremrangebyscore(index, '-inf', String(now)),
+      this.client.zrange(index, 0, '-1')
+    ])
+    return members
+  }
+}
+
+export function createRedisProvider (options: RedisProviderOptions): RedisProvider {
+  return new RedisProvider(options)
+}
+
+registerProvider(REDIS_PROVIDER, createRedisProvider)
