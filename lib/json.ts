@@ -3,7 +3,7 @@ import { FST_SESSION_NOT_SERIALIZABLE } from './errors.js'
 function rejectUnstorable (this: unknown, key: string, value: unknown): unknown {
   const type = typeof value
   if (type === 'function' || type === 'symbol' || type === 'bigint') {
-    throw new TypeError(`a ${type} at ${key === '' ? 'the top level' : JSON.stringify(key)} has no JSON form`)
+    throw new TypeError(`a ${type} at ${JSON.stringify(key)} has no JSON form`)
   }
   return value
 }

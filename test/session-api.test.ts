@@ -354,3 +354,17 @@ t.test('one app can hand its live provider to another, which then reads its sess
   const login = await first.inject({ method: 'POST', url: '/set/a', payload: '"shared"', headers: json })
   t.same((await second.inject({ url: '/get/a', headers: cookieHeader(sessionCookie(login) as string) })).json(), { value: 'shared' })
 })
+
+t.test('a set() refused for size keeps the value the key had earlier on the same request', async (t) => {
+  const app = await build(t, { maxSessionSize: 50 })
+  app.post('/twice', async (request) => {
+    request.session.set('a', 'small')
+    try {
+      request.session.set('a', 'x'.repeat(100))
+    } catch {}
+    return { a: request.session.get('a') }
+  })
+  const res = await app.inject({ method: 'POST', url: '/twice' })
+  t.same(res.json(), { a: 'small' })
+  t.same((await app.inject({ url: '/get/a', headers: cookieHeader(sessionCookie(res) as string) })).json(), { value: 'small' })
+})

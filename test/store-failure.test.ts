@@ -166,3 +166,32 @@ t.test('a value made unstorable in place fails that response with the serialisat
   t.equal(res.statusCode, 500)
   t.equal(res.json().code, 'FST_SESSION_NOT_SERIALIZABLE')
 })
+
+t.test('an answer that comes after storeTimeout is ignored, whether it resolves or rejects', async (t) => {
+  const provider = new FailingProvider()
+  const app = await build(t, { provider, storeTimeout: 30 })
+  const login = await app.inject({ method: 'POST', url: '/set/a', payload: '1', headers: json })
+  const cookie = sessionCookie(login) as string
+  const realGet = provider.get.bind(provider)
+  for (const late of [
+    (key: string) => new Promise((resolve) => setTimeout(() => resolve(realGet(key)), 60)),
+    () => new Promise((_resolve, reject) => setTimeout(() => reject(new Error('too late')), 60))
+  ]) {
+    provider.get = late as typeof provider.get
+    const res = await app.inject({ url: '/get/a', headers: cookieHeader(cookie) })
+    t.equal(res.statusCode, 503)
+    await new Promise((resolve) => setTimeout(resolve, 60))
+  }
+  provider.get = realGet
+  t.same((await app.inject({ url: '/get/a', headers: cookieHeader(cookie) })).json(), { value: 1 })
+})
+
+t.test('a store that rejects with something other than an Error still gets a readable 503', async (t) => {
+  const provider = new FailingProvider()
+  const app = await build(t, { provider })
+  const login = await app.inject({ method: 'POST', url: '/set/a', payload: '1', headers: json })
+  provider.get = () => Promise.reject('ECONNRESET') as never
+  const res = await app.inject({ url: '/get/a', headers: cookieHeader(sessionCookie(login) as string) })
+  t.equal(res.statusCode, 503)
+  t.equal(res.json().message, 'The session store is unavailable: ECONNRESET')
+})

@@ -83,6 +83,17 @@ testProvider(t, {
       t.equal(provider.size, 10_000, 'the live ones stay')
     })
 
+    t.test('a stored record refuses set, delete and clear, so a reader cannot change the store', async (t) => {
+      const provider = new MemoryProvider()
+      const key = newKey()
+      provider.create(key, session())
+      const data = provider.get(key)?.data as Map<string, string>
+      t.throws(() => data.set('a', '2'), TypeError)
+      t.throws(() => data.delete('a'), TypeError)
+      t.throws(() => data.clear(), TypeError)
+      t.same([...(provider.get(key)?.data ?? [])], [['a', '1']])
+    })
+
     t.test('size counts records, expired ones not yet swept included', async (t) => {
       const provider = await create(t)
       const [expiring, a, b] = [newKey(), newKey(), newKey()]
