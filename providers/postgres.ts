@@ -36,6 +36,9 @@ import { validateTableName } from '../lib/sql.js'
 import type { TableName } from '../lib/sql.js'
 import type { NewSession, SessionPatch, SessionProvider, StoredSession, UserSessionRecord } from '../lib/provider.js'
 
+/** Milliseconds a query waits for a connection of the pool the provider made. */
+const CONNECTION_TIMEOUT = 2000
+
 /** Options of the `postgres` provider. Give exactly one of `pool` and `connectionString`. */
 export interface PostgresProviderOptions {
   /**
@@ -150,7 +153,9 @@ export class PostgresProvider implements SessionProvider {
     this.gcLockKey = advisoryLockKey('gc', this.table)
     this.ddlLockKey = advisoryLockKey('ddl', this.table)
     if (pool === undefined) {
-      this.pool = new pg.Pool({ connectionString })
+      // A bounded wait for a connection: otherwise a query the plugin gave up on
+      // (storeTimeout) waits in the pool's queue and may still run much later.
+      this.pool = new pg.Pool({ connectionString, connectionTimeoutMillis: CONNECTION_TIMEOUT })
       // An idle connection the server drops emits 'error' on the pool, which
       // would crash the process unheard. The pool replaces it on next use and
       // a failing query rejects on its own, so there is nothing more to do.

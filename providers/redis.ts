@@ -59,6 +59,8 @@ type RedisClient = Redis | Cluster
  * most that long; `commandTimeout` bounds the cases where nothing fails
  * (a server that accepts but never answers), `connectTimeout` a host that
  * drops packets, and `socketTimeout` replaces a connection that went silent.
+ * `disconnectTimeout: 0`: on close, ioredis otherwise waits for a 'close'
+ * event that a connection already lost never sends, holding the process open.
  */
 const OWN_CLIENT_OPTIONS = {
   lazyConnect: true,
@@ -67,6 +69,7 @@ const OWN_CLIENT_OPTIONS = {
   connectTimeout: 2000,
   commandTimeout: 2000,
   socketTimeout: 5000,
+  disconnectTimeout: 0,
   retryStrategy: reconnectDelay
 }
 

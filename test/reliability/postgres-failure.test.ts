@@ -1,0 +1,114 @@
+// The store failure policy against a real PostgreSQL: a refused connection
+// and an exhausted pool each answer 503 FST_SESSION_STORE_UNAVAILABLE within
+// storeTimeout, and the same app serves again once the database is back.
+import t from 'tap'
+import { randomBytes } from 'node:crypto'
+import { setTimeout as sleep } from 'node:timers/promises'
+import pg from 'pg'
+import type { FastifyInstance, InjectOptions, LightMyRequestResponse } from 'fastify'
+import { build, cookieHeader, sessionCookie } from '../fixtures/app.js'
+import { DATABASE_URL, requirePostgres } from '../fixtures/services.js'
+import { startProxy } from '../fixtures/tcp-proxy.js'
+import { freePort } from '../fixtures/redis-server.js'
+import { createPostgresProvider, PostgresProvider } from '../../providers/postgres.js'
+
+const STORE_TIMEOUT = 500
+const json = { 'content-type': 'application/json' }
+
+async function timed (app: FastifyInstance, request: InjectOptions): Promise<{ res: LightMyRequestResponse, ms: number }> {
+  const started = performance.now()
+  const res = await app.inject(request)
+  return { res, ms: performance.now() - started }
+}
+
+function table (): string {
+  return `rel_pg_${randomBytes(6).toString('hex')}`
+}
+
+t.test('with PostgreSQL', async (t) => {
+  if (!(await requirePostgres(t))) return
+  const admin = new pg.Pool({ connectionString: DATABASE_URL, max: 2 })
+  t.teardown(() => admin.end())
+  const dropAfter = (name: string): void => { t.teardown(() => admin.query(`DROP TABLE IF EXISTS "${name}"`)) }
+
+  t.test('a PostgreSQL that refuses connections answers 503 FST_SESSION_STORE_UNAVAILABLE within storeTimeout, and 200 once it is back', async (t) => {
+    const proxy = await startProxy(t, DATABASE_URL, 5432)
+    const tableName = table()
+    dropAfter(tableName)
+    const app = await build(t, { provider: 'postgres', providerOptions: { connectionString: proxy.url(DATABASE_URL), tableName }, storeTimeout: STORE_TIMEOUT })
+    const login = await app.inject({ method: 'POST', url: '/login', payload: { user: 'ada' }, headers: json })
+    t.equal(login.statusCode, 200)
+    const cookie = sessionCookie(login) as string
+
+    await proxy.stop()
+    const requests = [
+      { name: 'a read of a stored session', request: { url: '/get/userId', headers: cookieHeader(cookie) } },
+      { name: 'a write to a stored session', request: { method: 'POST' as const, url: '/set/a', payload: '1', headers: { ...json, ...cookieHeader(cookie) } } },
+      { name: 'a login without a cookie', request: { method: 'POST' as const, url: '/login', payload: { user: 'bo' }, headers: json } },
+      { name: 'a logout', request: { method: 'POST' as const, url: '/logout', headers: cookieHeader(cookie) } }
+    ]
+    for (const { name, request } of requests) {
+      const { res, ms } = await timed(app, request)
+      t.equal(res.statusCode, 503, name)
+      t.equal(res.json().code, 'FST_SESSION_STORE_UNAVAILABLE', name)
+      t.ok(ms <= STORE_TIMEOUT + 100, `${name}: 503 in ${Math.round(ms)} ms`)
+      t.comment(`refused: ${name} → 503 in ${Math.round(ms)} ms`)
+    }
+
+    await proxy.start()
+    const back = await app.inject({ url: '/get/userId', headers: cookieHeader(cookie) })
+    t.equal(back.statusCode, 200, 'the pool connects again by itself')
+    t.same(back.json(), { value: 'ada' }, 'the session outlived the outage')
+    t.equal((await app.inject({ method: 'POST', url: '/set/a', payload: '1', headers: { ...json, ...cookieHeader(cookie) } })).statusCode, 200)
+  })
+
+  t.test('a provider handed a pool on a closed port answers 503 within storeTimeout', async (t) => {
+    const pool = new pg.Pool({ host: '127.0.0.1', port: await freePort(), user: 'postgres', database: 'test', max: 2 })
+    t.teardown(() => pool.end())
+    const app = await build(t, { provider: new PostgresProvider({ pool }), storeTimeout: STORE_TIMEOUT })
+    const { res, ms } = await timed(app, { method: 'POST', url: '/login', payload: { user: 'ada' }, headers: json })
+    t.equal(res.statusCode, 503)
+    t.equal(res.json().code, 'FST_SESSION_STORE_UNAVAILABLE')
+    t.match(res.json().message, /ECONNREFUSED/)
+    t.ok(ms <= STORE_TIMEOUT, `503 in ${Math.round(ms)} ms`)
+  })
+
+  t.test('registering against a PostgreSQL that refuses connections fails promptly instead of hanging', async (t) => {
+    const started = performance.now()
+    await t.rejects(createPostgresProvider({ connectionString: `postgres://postgres@127.0.0.1:${await freePort()}/test` }), { code: 'ECONNREFUSED' })
+    t.ok(performance.now() - started < 2000)
+  })
+
+  t.test('an exhausted pool answers 503 FST_SESSION_STORE_UNAVAILABLE at storeTimeout, and 200 once a client is released', async (t) => {
+    const pool = new pg.Pool({ connectionString: DATABASE_URL, max: 1 })
+    t.teardown(() => pool.end())
+    const tableName = table()
+    dropAfter(tableName)
+    const provider = await createPostgresProvider({ pool, tableName })
+    const app = await build(t, { provider, storeTimeout: STORE_TIMEOUT })
+    const login = await app.inject({ method: 'POST', url: '/login', payload: { user: 'ada' }, headers: json })
+    const cookie = sessionCookie(login) as string
+
+    const held = await pool.connect()
+    let released = false
+    t.teardown(() => { if (!released) held.release() })
+    const read = await timed(app, { url: '/get/userId', headers: cookieHeader(cookie) })
+    t.equal(read.res.statusCode, 503)
+    t.equal(read.res.json().code, 'FST_SESSION_STORE_UNAVAILABLE')
+    t.match(read.res.json().message, new RegExp(`no answer within ${STORE_TIMEOUT} ms`))
+    t.ok(read.ms >= STORE_TIMEOUT - 5 && read.ms <= STORE_TIMEOUT + 400, `503 after ${Math.round(read.ms)} ms`)
+    const fresh = await timed(app, { method: 'POST', url: '/login', payload: { user: 'bo' }, headers: json })
+    t.equal(fresh.res.statusCode, 503, 'a new login waits for the pool too')
+    t.comment(`exhausted pool: 503 after ${Math.round(read.ms)} and ${Math.round(fresh.ms)} ms; ${pool.waitingCount} abandoned queries still queued in the pool`)
+
+    held.release()
+    released = true
+    // The queries abandoned at the timeout still run once a client is free;
+    // the next request queues behind them.
+    const after = await app.inject({ url: '/get/userId', headers: cookieHeader(cookie) })
+    t.equal(after.statusCode, 200)
+    t.same(after.json(), { value: 'ada' })
+    await sleep(50)
+    t.equal(pool.waitingCount, 0, 'nothing is left waiting once the pool is free')
+  })
+})
