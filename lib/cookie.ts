@@ -1,13 +1,14 @@
 import { createHmac, createSecretKey, timingSafeEqual, type KeyObject } from 'node:crypto'
-import { isWellFormedId } from './id.js'
+import { isWellFormedId, storeKey } from './id.js'
 
 /** Cookies longer than this are not ours to read (browsers cap a cookie at 4096 bytes). */
 export const MAX_COOKIE_LENGTH = 4096
 
-/** A verified session cookie: the id and whether it must be re-signed with the current secret. */
+/** A verified session cookie: the id, its store key, and whether it must be re-signed with the current secret. */
 export interface VerifiedCookie {
-  id: string
-  renew: boolean
+  readonly id: string
+  readonly key: string
+  readonly renew: boolean
 }
 
 /**
@@ -36,7 +37,7 @@ export class CookieSigner {
     for (let i = 0; i < this.keys.length; i++) {
       const expected = Buffer.from(this.mac(this.keys[i], id))
       if (expected.length === signature.length && timingSafeEqual(expected, signature)) {
-        return { id, renew: i > 0 }
+        return { id, key: storeKey(id), renew: i > 0 }
       }
     }
     return null
@@ -46,6 +47,37 @@ export class CookieSigner {
     const digest = createHmac('sha256', key).update(value).digest('base64')
     // 32 bytes of base64 always end in exactly one '=' of padding
     return digest.slice(0, -1)
+  }
+}
+
+/**
+ * Remembers the cookies that verified, so a returning client costs a map
+ * lookup instead of an HMAC and a SHA-256 on every request. The answer for a
+ * given cookie value never changes, so nothing needs invalidating; the oldest
+ * entries make room once `capacity` is reached. Failures are not remembered:
+ * garbage cannot fill the cache.
+ */
+export class VerifiedCookies {
+  readonly #signer: CookieSigner
+  readonly #capacity: number
+  readonly #verified = new Map<string, VerifiedCookie>()
+  /** `verify` as a function value, made once and handed to `findCookie` on every request. */
+  readonly verify: (value: string) => VerifiedCookie | null
+
+  constructor (signer: CookieSigner, capacity: number) {
+    this.#signer = signer
+    this.#capacity = capacity
+    this.verify = (value) => this.#lookup(value)
+  }
+
+  #lookup (value: string): VerifiedCookie | null {
+    const known = this.#verified.get(value)
+    if (known !== undefined) return known
+    const verified = this.#signer.verify(value)
+    if (verified === null) return null
+    if (this.#verified.size >= this.#capacity) this.#verified.delete(this.#verified.keys().next().value as string)
+    this.#verified.set(value, verified)
+    return verified
   }
 }
 

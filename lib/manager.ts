@@ -1,6 +1,6 @@
 import { createHash, createHmac } from 'node:crypto'
 import type { FastifyBaseLogger, FastifyReply, FastifyRequest } from 'fastify'
-import { CookieSigner, CookieWriter, findCookie, MAX_COOKIE_LENGTH, type VerifiedCookie } from './cookie.js'
+import { CookieSigner, CookieWriter, findCookie, MAX_COOKIE_LENGTH, VerifiedCookies } from './cookie.js'
 import { FST_SESSION_COOKIE_TOO_LARGE, FST_SESSION_INVALID_USER, FST_SESSION_STORE_UNAVAILABLE, FST_SESSION_UNSUPPORTED } from './errors.js'
 import { storeKey } from './id.js'
 import type { ResolvedOptions } from './options.js'
@@ -25,6 +25,9 @@ function isPromise<T> (value: Settled<T>): value is Promise<T> {
   return typeof (value as Promise<T> | null)?.then === 'function'
 }
 
+/** How many verified cookies are remembered: about 1.5 MB at most. */
+const VERIFIED_COOKIES = 10_000
+
 /** 22 base64url characters: 132 bits of the keyed hash. */
 const HANDLE_LENGTH = 22
 
@@ -40,7 +43,7 @@ export class SessionManager {
   readonly #signer: CookieSigner
   readonly #writer: CookieWriter
   readonly #handleKey: Buffer
-  readonly #verify: (value: string) => VerifiedCookie | null
+  readonly #cookies: VerifiedCookies
   /** The store behind a stateful provider; `null` when sessions live in the cookie. */
   readonly #store: SessionProvider | null
   readonly #sealer: StatelessSessionProvider | null
@@ -54,7 +57,7 @@ export class SessionManager {
     this.#signer = new CookieSigner(options.secrets)
     this.#writer = new CookieWriter(options.cookieName, options.cookie)
     this.#handleKey = createHash('sha256').update('fastify-sessions handle\0' + options.secrets[0]).digest()
-    this.#verify = (value) => this.#signer.verify(value)
+    this.#cookies = new VerifiedCookies(this.#signer, VERIFIED_COOKIES)
   }
 
   /** Deletes the session with this id. Answers whether a live one was deleted. */
@@ -119,7 +122,7 @@ export class SessionManager {
 
   /** @internal A new, empty session. */
   empty (): Session {
-    return new Session(this, null, null, Date.now(), false)
+    return new Session(this, null, null, null, Date.now(), false)
   }
 
   /** @internal The deadline of a session created at `createdAt`, used at `now`. */
@@ -146,15 +149,15 @@ export class SessionManager {
       return
     }
     const store = this.#store as SessionProvider
-    const cookie = header === undefined ? null : findCookie(header, this.options.cookieName, this.#verify)
+    const cookie = header === undefined ? null : findCookie(header, this.options.cookieName, this.#cookies.verify)
     if (cookie === null) {
-      done(null, new Session(this, null, null, now, false))
+      done(null, new Session(this, null, null, null, now, false))
       return
     }
-    this.#settle(() => store.get(storeKey(cookie.id)), (err, record) => {
+    this.#settle(() => store.get(cookie.key), (err, record) => {
       if (err !== null) done(err, null)
-      else if (record === null || !this.#live(record, now)) done(null, new Session(this, null, null, now, false))
-      else done(null, new Session(this, cookie.id, record, now, cookie.renew))
+      else if (record === null || !this.#live(record, now)) done(null, new Session(this, null, null, null, now, false))
+      else done(null, new Session(this, cookie.id, cookie.key, record, now, cookie.renew))
     })
   }
 
@@ -213,8 +216,8 @@ export class SessionManager {
   #open (header: string | undefined, now: number): Session {
     const sealer = this.#sealer as StatelessSessionProvider
     const opened = header === undefined ? null : findCookie(header, this.options.cookieName, (value) => sealer.open(value))
-    if (opened === null || !this.#live(opened.session, now)) return new Session(this, null, null, now, false)
-    return new Session(this, opened.session.id, opened.session, now, opened.renew)
+    if (opened === null || !this.#live(opened.session, now)) return new Session(this, null, null, null, now, false)
+    return new Session(this, opened.session.id, null, opened.session, now, opened.renew)
   }
 
   /** Seals the whole session into the cookie when it changed, is due a touch, or was opened by an older key. */

@@ -68,9 +68,6 @@ async function fastifySessions (fastify: FastifyInstance, options: SessionPlugin
     if (route.config?.session === false) someRouteOptsOut = true
   })
 
-  /** Set once a request's session has been handed to the store, so an error response does not save it again. */
-  const saved = new WeakSet<Session>()
-
   fastify.addHook('onRequest', function loadSession (request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction) {
     if (someRouteOptsOut && request.routeOptions.config.session === false) {
       done()
@@ -85,7 +82,7 @@ async function fastifySessions (fastify: FastifyInstance, options: SessionPlugin
       manager.warn(request.log, err, 'loading the session')
       if (resolved.onStoreError === 'continue') {
         const empty = manager.empty()
-        saved.add(empty)
+        empty.saved = true
         request.session = empty
         done()
         return
@@ -96,11 +93,11 @@ async function fastifySessions (fastify: FastifyInstance, options: SessionPlugin
 
   fastify.addHook('onSend', function saveSession (request: FastifyRequest, reply: FastifyReply, payload: unknown, done: (err: Error | null, payload?: unknown) => void) {
     const session = request.session
-    if (session === null || saved.has(session)) {
+    if (session === null || session.saved) {
       done(null, payload)
       return
     }
-    saved.add(session)
+    session.saved = true
     try {
       manager.save(session, request, reply, (err) => {
         if (err === null) {

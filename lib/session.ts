@@ -47,13 +47,15 @@ export class Session {
   readonly createdAt: number
   /** @internal The cookie was verified by an older secret and is re-signed on this response. */
   readonly renew: boolean
+  /** @internal Set once the session was handed to the store, so an error response does not save it again. */
+  saved = false
 
   /** @internal */
-  constructor (manager: SessionManager, id: string | null, record: StoredSession | null, now: number, renew: boolean) {
+  constructor (manager: SessionManager, id: string | null, key: string | null, record: StoredSession | null, now: number, renew: boolean) {
     this.#manager = manager
     this.renew = renew
     this.#id = id
-    this.#key = null
+    this.#key = key
     this.#record = record
     this.createdAt = record === null ? now : record.createdAt
   }

@@ -1,6 +1,6 @@
 import t from 'tap'
 import { sign, unsign } from '@fastify/cookie'
-import { CookieSigner, findCookie } from '../lib/cookie.js'
+import { CookieSigner, findCookie, VerifiedCookies } from '../lib/cookie.js'
 import { generateId, isWellFormedId, storeKey } from '../lib/id.js'
 import { SECRET, OLD_SECRET } from './fixtures/app.js'
 
@@ -9,13 +9,13 @@ t.test('cookie values are signed exactly as @fastify/cookie signs them', async (
   const ours = new CookieSigner([SECRET]).sign(id)
   t.equal(ours, sign(id, SECRET))
   t.same(unsign(ours, SECRET), { valid: true, renew: false, value: id })
-  t.same(new CookieSigner([SECRET]).verify(sign(id, SECRET)), { id, renew: false })
+  t.same(new CookieSigner([SECRET]).verify(sign(id, SECRET)), { id, key: storeKey(id), renew: false })
 })
 
 t.test('verify answers which secret signed and rejects the rest', async (t) => {
   const id = generateId()
   const signer = new CookieSigner([SECRET, OLD_SECRET])
-  t.same(signer.verify(sign(id, OLD_SECRET)), { id, renew: true })
+  t.same(signer.verify(sign(id, OLD_SECRET)), { id, key: storeKey(id), renew: true })
   t.equal(signer.verify(sign(id, 'x'.repeat(40))), null)
   t.equal(signer.verify(id), null, 'no signature')
   t.equal(signer.verify(sign('not-an-id', SECRET)), null)
@@ -39,4 +39,17 @@ t.test('findCookie finds values only at a cookie boundary and stops at the first
   t.equal(findCookie('sid=', 'sid', accept), null)
   t.equal(findCookie('sid="good"', 'sid', accept), 'good')
   t.equal(findCookie('sid=%67ood', 'sid', accept), 'good')
+})
+
+t.test('verified cookies are remembered up to a capacity, oldest out first, and failures never', async (t) => {
+  const signer = new CookieSigner([SECRET])
+  const cookies = new VerifiedCookies(signer, 2)
+  const [a, b, c] = [generateId(), generateId(), generateId()].map((id) => signer.sign(id))
+  const first = cookies.verify(a)
+  t.equal(cookies.verify(a), first, 'the same answer object: no second HMAC')
+  t.equal(cookies.verify('forged.value'), null)
+  cookies.verify(b)
+  cookies.verify(c)
+  t.not(cookies.verify(a), first, 'a was evicted and verified afresh')
+  t.same(cookies.verify(a), first)
 })
