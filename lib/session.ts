@@ -222,10 +222,7 @@ export class Session {
     if (this.#objects !== null) {
       for (const [key, value] of this.#objects) {
         const json = toJson(key, value)
-        if (json !== this.#json(key)) {
-          if (key === this.#manager.options.userKey) userOf(key, value)
-          this.#change(key, json)
-        }
+        if (json !== this.#json(key)) this.#change(key, json)
       }
     }
     return this.#pending

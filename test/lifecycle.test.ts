@@ -113,14 +113,16 @@ t.test('an idle session expires', async (t) => {
 })
 
 t.test('activity keeps a session alive until its absolute lifetime ends it', async (t) => {
-  const app = await build(t, { maxLifetime: 0.2, absoluteLifetime: 0.35, touchAfter: 0 })
+  // each pause is well under the idle lifetime, their sum well over it, and the
+  // margins leave room for a loaded CI machine
+  const app = await build(t, { maxLifetime: 0.6, absoluteLifetime: 1.2, touchAfter: 0 })
   const login = await app.inject({ method: 'POST', url: '/set/views', payload: '1', headers: { 'content-type': 'application/json' } })
   const cookie = sessionCookie(login) as string
-  for (let i = 0; i < 3; i++) {
-    await new Promise((resolve) => setTimeout(resolve, 100))
-    t.same((await app.inject({ url: '/get/views', headers: cookieHeader(cookie) })).json(), { value: 1 }, `alive after ${(i + 1) * 100} ms`)
+  for (let i = 0; i < 4; i++) {
+    await new Promise((resolve) => setTimeout(resolve, 200))
+    t.same((await app.inject({ url: '/get/views', headers: cookieHeader(cookie) })).json(), { value: 1 }, `alive after ${(i + 1) * 200} ms`)
   }
-  await new Promise((resolve) => setTimeout(resolve, 100))
+  await new Promise((resolve) => setTimeout(resolve, 450))
   t.same((await app.inject({ url: '/get/views', headers: cookieHeader(cookie) })).json(), { value: null })
 })
 

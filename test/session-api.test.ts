@@ -368,3 +368,22 @@ t.test('a set() refused for size keeps the value the key had earlier on the same
   t.same(res.json(), { a: 'small' })
   t.same((await app.inject({ url: '/get/a', headers: cookieHeader(sessionCookie(res) as string) })).json(), { value: 'small' })
 })
+
+t.test('deleting a stored key and setting another counts the size of what remains', async (t) => {
+  const app = await build(t, { maxSessionSize: 45 })
+  app.post('/swap', async (request) => {
+    request.session.get('obj')
+    const plain = request.session.get('plain')
+    request.session.delete('obj')
+    request.session.set('next', 'y'.repeat(20))
+    return { plain, keys: request.session.keys() }
+  })
+  app.post('/seed', async (request) => {
+    request.session.set('obj', { a: 1 })
+    request.session.set('plain', 'p')
+    return {}
+  })
+  const seed = await app.inject({ method: 'POST', url: '/seed' })
+  const res = await app.inject({ method: 'POST', url: '/swap', headers: cookieHeader(sessionCookie(seed) as string) })
+  t.same(res.json(), { plain: 'p', keys: ['plain', 'next'] }, 'fits only because obj was deleted')
+})
