@@ -1,6 +1,6 @@
 import { createHash, createHmac } from 'node:crypto'
 import type { FastifyBaseLogger, FastifyReply, FastifyRequest } from 'fastify'
-import { CookieSigner, CookieWriter, findCookie, MAX_COOKIE_LENGTH, VerifiedCookies } from './cookie.js'
+import { CookieSigner, CookieWriter, findCookie, MAX_COOKIE_LENGTH, VerifiedCookies, type VerifiedCookie } from './cookie.js'
 import { FST_SESSION_COOKIE_TOO_LARGE, FST_SESSION_INVALID_USER, FST_SESSION_STORE_UNAVAILABLE, FST_SESSION_UNSUPPORTED } from './errors.js'
 import { storeKey } from './id.js'
 import type { ResolvedOptions } from './options.js'
@@ -138,74 +138,67 @@ export class SessionManager {
   }
 
   /**
-   * @internal Finds the request's session. Calls `done` with it, or with a
-   * store failure; answers synchronously when the store does.
+   * @internal The request's session, synchronously when the store answers
+   * synchronously. A store failure is thrown or rejected as
+   * `FST_SESSION_STORE_UNAVAILABLE`.
    */
-  load (request: FastifyRequest, done: (err: Error | null, session: Session | null) => void): void {
+  load (request: FastifyRequest): Session | Promise<Session> {
     const now = Date.now()
     const header = request.headers.cookie
-    if (this.#sealer !== null) {
-      done(null, this.#open(header, now))
-      return
-    }
-    const store = this.#store as SessionProvider
+    if (this.#sealer !== null) return this.#open(header, now)
     const cookie = header === undefined ? null : findCookie(header, this.options.cookieName, this.#cookies.verify)
-    if (cookie === null) {
-      done(null, new Session(this, null, null, null, now, false))
-      return
+    if (cookie === null) return new Session(this, null, null, null, now, false)
+    let found: Settled<StoredSession | null>
+    try {
+      found = (this.#store as SessionProvider).get(cookie.key)
+    } catch (err) {
+      throw unavailable(err)
     }
-    this.#settle(() => store.get(cookie.key), (err, record) => {
-      if (err !== null) done(err, null)
-      else if (record === null || !this.#live(record, now)) done(null, new Session(this, null, null, null, now, false))
-      else done(null, new Session(this, cookie.id, cookie.key, record, now, cookie.renew))
-    })
+    if (!isPromise(found)) return this.#loaded(found, cookie, now)
+    return this.#timed(found).then((record) => this.#loaded(record, cookie, now))
   }
 
   /**
-   * @internal Writes what the request changed and sets the cookie. Calls
-   * `done` at once when there is nothing to write.
+   * @internal Writes what the request changed and sets the cookie; returns a
+   * promise only when a store call is under way. Throws the coded error of a
+   * session that cannot be saved (size, serialisation) and
+   * `FST_SESSION_STORE_UNAVAILABLE` for a store failure.
    */
-  save (session: Session, request: FastifyRequest, reply: FastifyReply, done: (err: Error | null) => void): void {
+  save (session: Session, request: FastifyRequest, reply: FastifyReply): Promise<void> | undefined {
     if (session.destroyed) {
       this.#setCookie(reply, request, null)
-      done(null)
       return
     }
     const changes = session.changes()
     if (this.#sealer !== null) {
       this.#seal(this.#sealer, session, changes, request, reply)
-      done(null)
       return
     }
     const record = session.record
     if (record === null || session.regenerated) {
-      if (changes === null && !session.regenerated) {
-        done(null)
-        return
-      }
-      this.#create(session, request, reply, done)
-      return
+      if (changes === null && !session.regenerated) return
+      return this.#create(session, request, reply)
     }
     const now = Date.now()
-    const touch = session.touchRequested || now - record.lastSeenAt >= this.options.touchAfterMs
-    if (changes === null && !touch) {
-      if (session.renew) this.#setCookie(reply, request, session.id)
-      done(null)
-      return
-    }
     const expiresAt = this.deadline(record.createdAt, now)
-    if (changes === null && !session.touchRequested && expiresAt === record.expiresAt) {
+    // A request that only reads writes nothing until touchAfter has passed,
+    // nor once the absolute deadline caps the idle one.
+    if (changes === null && !session.touchRequested &&
+      (now - record.lastSeenAt < this.options.touchAfterMs || expiresAt === record.expiresAt)) {
       if (session.renew) this.#setCookie(reply, request, session.id)
-      done(null)
       return
     }
-    const patch = this.#patch(changes, now, expiresAt)
-    this.#settle(() => (this.#store as SessionProvider).update(session.key, patch), (err, updated) => {
-      if (err === null && updated && (session.renew || this.options.cookie.maxAge !== undefined)) {
-        this.#setCookie(reply, request, session.id)
-      }
-      done(err)
-    })
+    let updated: Settled<boolean>
+    try {
+      updated = (this.#store as SessionProvider).update(session.key, this.#patch(changes, now, expiresAt))
+    } catch (err) {
+      throw unavailable(err)
+    }
+    if (!isPromise(updated)) {
+      this.#updated(updated, session, request, reply)
+      return
+    }
+    return this.#timed(updated).then((answer) => this.#updated(answer, session, request, reply))
   }
 
   /** @internal Logs a store failure once, at warn level, with its cause. */
@@ -244,13 +237,10 @@ export class SessionManager {
     this.#setCookie(reply, request, value, false)
   }
 
-  #create (session: Session, request: FastifyRequest, reply: FastifyReply, done: (err: Error | null) => void): void {
+  #create (session: Session, request: FastifyRequest, reply: FastifyReply): Promise<void> | undefined {
     const data = session.entries()
     const replaces = session.previousKey ?? undefined
-    if (data.size === 0 && replaces === undefined) {
-      done(null)
-      return
-    }
+    if (data.size === 0 && replaces === undefined) return
     const now = Date.now()
     const userJson = data.get(this.options.userKey)
     const record = {
@@ -260,10 +250,29 @@ export class SessionManager {
       expiresAt: this.deadline(session.createdAt, now),
       user: userJson === undefined ? null : userOf(this.options.userKey, JSON.parse(userJson))
     }
-    this.#settle(() => (this.#store as SessionProvider).create(session.key, record, replaces), (err, created) => {
-      if (err === null && created) this.#setCookie(reply, request, session.id)
-      done(err)
+    let created: Settled<boolean>
+    try {
+      created = (this.#store as SessionProvider).create(session.key, record, replaces)
+    } catch (err) {
+      throw unavailable(err)
+    }
+    if (!isPromise(created)) {
+      if (created) this.#setCookie(reply, request, session.id)
+      return
+    }
+    return this.#timed(created).then((answer) => {
+      if (answer) this.#setCookie(reply, request, session.id)
     })
+  }
+
+  #loaded (record: StoredSession | null, cookie: VerifiedCookie, now: number): Session {
+    if (record === null || !this.#live(record, now)) return new Session(this, null, null, null, now, false)
+    return new Session(this, cookie.id, cookie.key, record, now, cookie.renew)
+  }
+
+  /** A write to a session destroyed meanwhile is dropped: no cookie refers to it. */
+  #updated (updated: boolean, session: Session, request: FastifyRequest, reply: FastifyReply): void {
+    if (updated && (session.renew || this.options.cookie.maxAge !== undefined)) this.#setCookie(reply, request, session.id)
   }
 
   #patch (changes: Map<string, string | null> | null, lastSeenAt: number, expiresAt: number): SessionPatch {
@@ -317,52 +326,39 @@ export class SessionManager {
    * Runs a provider call under `storeTimeout`, turning every failure into
    * `FST_SESSION_STORE_UNAVAILABLE` with the original error as its cause.
    */
-  #call<T> (operation: () => Settled<T>): Promise<T> {
-    return new Promise((resolve, reject) => {
-      this.#settle(operation, (err, value) => {
-        if (err === null) resolve(value as T)
-        else reject(err)
-      })
-    })
-  }
-
-  /**
-   * Like `#call`, but with a callback, so a provider that answers
-   * synchronously costs no promise and no timer.
-   */
-  #settle<T> (operation: () => Settled<T>, callback: (err: Error | null, value: T | null) => void): void {
+  async #call<T> (operation: () => Settled<T>): Promise<T> {
     let result: Settled<T>
     try {
       result = operation()
     } catch (err) {
-      callback(unavailable(err), null)
-      return
+      throw unavailable(err)
     }
-    if (!isPromise(result)) {
-      callback(null, result)
-      return
-    }
-    let pending = true
-    const timer = setTimeout(() => {
-      pending = false
-      callback(unavailable(new Error(`no answer within ${this.options.storeTimeout} ms`)), null)
-    }, this.options.storeTimeout)
-    result.then((value) => {
-      if (!pending) return
-      pending = false
-      clearTimeout(timer)
-      callback(null, value)
-    }, (err: unknown) => {
-      if (!pending) return
-      pending = false
-      clearTimeout(timer)
-      callback(unavailable(err), null)
+    return isPromise(result) ? this.#timed(result) : result
+  }
+
+  /** `pending`, failing with `FST_SESSION_STORE_UNAVAILABLE` when it rejects or takes longer than `storeTimeout`. */
+  #timed<T> (pending: Promise<T>): Promise<T> {
+    const timeout = this.options.storeTimeout
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(unavailable(new Error(`no answer within ${timeout} ms`))), timeout)
+      pending.then((value) => {
+        clearTimeout(timer)
+        resolve(value)
+      }, (err: unknown) => {
+        clearTimeout(timer)
+        reject(unavailable(err))
+      })
     })
   }
 }
 
 function isStateless (provider: SessionProvider | StatelessSessionProvider): provider is StatelessSessionProvider {
   return (provider as StatelessSessionProvider).stateless === true
+}
+
+/** @internal Whether `err` is a store failure rather than a fault of the session itself. */
+export function isStoreFailure (err: unknown): err is Error {
+  return err instanceof FST_SESSION_STORE_UNAVAILABLE
 }
 
 function unavailable (cause: unknown): Error {

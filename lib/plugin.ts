@@ -2,11 +2,11 @@ import fastifyCookie from '@fastify/cookie'
 import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyReply, FastifyRequest, HookHandlerDoneFunction } from 'fastify'
 import { FST_SESSION_INVALID_PROVIDER } from './errors.js'
-import { SessionManager } from './manager.js'
+import { isStoreFailure, SessionManager } from './manager.js'
 import { resolveOptions, type SessionPluginOptions } from './options.js'
 import type { SessionProvider, StatelessSessionProvider } from './provider.js'
 import { getProvider } from './registry.js'
-import type { Session } from './session.js'
+import { Session } from './session.js'
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -22,6 +22,8 @@ declare module 'fastify' {
     session?: boolean
   }
 }
+
+type OnSendDone = (err: Error | null, payload?: unknown) => void
 
 const PROVIDER_METHODS = ['get', 'create', 'update', 'destroy'] as const
 const STATELESS_METHODS = ['seal', 'open'] as const
@@ -68,53 +70,74 @@ async function fastifySessions (fastify: FastifyInstance, options: SessionPlugin
     if (route.config?.session === false) someRouteOptsOut = true
   })
 
+  function loadFailed (request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction, err: Error): void {
+    manager.warn(request.log, err, 'loading the session')
+    if (resolved.onStoreError === 'continue') {
+      const empty = manager.empty()
+      empty.saved = true
+      request.session = empty
+      done()
+      return
+    }
+    reply.code(503).send(errorBody(err))
+  }
+
+  function saveFailed (request: FastifyRequest, reply: FastifyReply, payload: unknown, done: OnSendDone, err: Error): void {
+    if (!isStoreFailure(err)) {
+      done(err)
+      return
+    }
+    manager.warn(request.log, err, 'saving the session')
+    if (resolved.onStoreError === 'continue') {
+      done(null, payload)
+      return
+    }
+    reply.code(503).header('content-type', 'application/json; charset=utf-8')
+    done(null, JSON.stringify(errorBody(err)))
+  }
+
   fastify.addHook('onRequest', function loadSession (request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction) {
     if (someRouteOptsOut && request.routeOptions.config.session === false) {
       done()
       return
     }
-    manager.load(request, (err, session) => {
-      if (err === null) {
-        request.session = session as Session
-        done()
-        return
-      }
-      manager.warn(request.log, err, 'loading the session')
-      if (resolved.onStoreError === 'continue') {
-        const empty = manager.empty()
-        empty.saved = true
-        request.session = empty
-        done()
-        return
-      }
-      reply.code(503).send(errorBody(err))
-    })
+    let loaded: Session | Promise<Session>
+    try {
+      loaded = manager.load(request)
+    } catch (err) {
+      loadFailed(request, reply, done, err as Error)
+      return
+    }
+    if (loaded instanceof Session) {
+      request.session = loaded
+      done()
+      return
+    }
+    loaded.then((session) => {
+      request.session = session
+      done()
+    }, (err: Error) => loadFailed(request, reply, done, err))
   })
 
-  fastify.addHook('onSend', function saveSession (request: FastifyRequest, reply: FastifyReply, payload: unknown, done: (err: Error | null, payload?: unknown) => void) {
+  fastify.addHook('onSend', function saveSession (request: FastifyRequest, reply: FastifyReply, payload: unknown, done: OnSendDone) {
     const session = request.session
     if (session === null || session.saved) {
       done(null, payload)
       return
     }
     session.saved = true
+    let saving: Promise<void> | undefined
     try {
-      manager.save(session, request, reply, (err) => {
-        if (err === null) {
-          done(null, payload)
-          return
-        }
-        manager.warn(request.log, err, 'saving the session')
-        if (resolved.onStoreError === 'continue') {
-          done(null, payload)
-          return
-        }
-        reply.code(503).header('content-type', 'application/json; charset=utf-8')
-        done(null, JSON.stringify(errorBody(err)))
-      })
+      saving = manager.save(session, request, reply)
     } catch (err) {
-      done(err as Error)
+      saveFailed(request, reply, payload, done, err as Error)
+      return
     }
+    if (saving === undefined) {
+      done(null, payload)
+      return
+    }
+    saving.then(() => done(null, payload), (err: Error) => saveFailed(request, reply, payload, done, err))
   })
 
   if ('gc' in provider && provider.gc !== undefined && resolved.gcIntervalMs > 0) {
