@@ -203,7 +203,7 @@ export class SessionManager {
 
   /** @internal Logs a store failure once, at warn level, with its cause. */
   warn (log: FastifyBaseLogger, err: Error, what: string): void {
-    log.warn({ err: (err as Error & { cause?: unknown }).cause ?? err }, `session store unavailable while ${what}: ${err.message}`)
+    log.warn({ err: err.cause }, `session store unavailable while ${what}: ${err.message}`)
   }
 
   #open (header: string | undefined, now: number): Session {

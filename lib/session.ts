@@ -282,7 +282,8 @@ export class Session {
       size += entrySize(key, json)
       count++
     }
-    return count === 0 ? size : size + count - 1
+    // the key being set is always among them, so there is at least one comma less than entries
+    return size + count - 1
   }
 
   #writable (): void {

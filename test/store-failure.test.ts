@@ -197,3 +197,35 @@ t.test('a store that rejects with something other than an Error still gets a rea
   t.equal(res.statusCode, 503)
   t.equal(res.json().message, 'The session store is unavailable: ECONNRESET')
 })
+
+t.test('a store that throws synchronously while saving or ending a session is a store failure too', async (t) => {
+  const provider = new FailingProvider()
+  const app = await build(t, { provider })
+  const login = await app.inject({ method: 'POST', url: '/set/a', payload: '1', headers: json })
+  const cookie = sessionCookie(login) as string
+  const diskFull = (): never => { throw new Error('disk full') }
+  provider.create = diskFull
+  provider.update = diskFull
+  provider.destroy = diskFull
+  const create = await app.inject({ method: 'POST', url: '/set/b', payload: '2', headers: json })
+  t.equal(create.statusCode, 503, 'create')
+  const update = await app.inject({ method: 'POST', url: '/set/b', payload: '2', headers: { ...json, ...cookieHeader(cookie) } })
+  t.equal(update.statusCode, 503, 'update')
+  const logout = await app.inject({ method: 'POST', url: '/logout', headers: cookieHeader(cookie) })
+  t.equal(logout.statusCode, 503, 'destroy')
+  t.equal(logout.json().code, 'FST_SESSION_STORE_UNAVAILABLE')
+})
+
+t.test('a store that answers asynchronously gets every write through, and rejected writes are 503', async (t) => {
+  const provider = new FailingProvider()
+  const app = await build(t, { provider, cookie: { maxAge: 60 } })
+  const login = await app.inject({ method: 'POST', url: '/set/a', payload: '1', headers: json })
+  const cookie = sessionCookie(login) as string
+  const update = await app.inject({ method: 'POST', url: '/set/b', payload: '2', headers: { ...json, ...cookieHeader(cookie) } })
+  t.equal(update.statusCode, 200)
+  t.match(setCookies(update)[0], /Max-Age=60/, 'the persistent cookie is refreshed after an async write')
+  provider.mode = 'throw'
+  const failed = await app.inject({ method: 'POST', url: '/set/c', payload: '3', headers: { ...json, ...cookieHeader(cookie) } })
+  t.equal(failed.statusCode, 503)
+  t.same(setCookies(failed), [])
+})

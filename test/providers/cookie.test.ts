@@ -2,7 +2,7 @@ import { createCipheriv, hkdfSync, randomBytes } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
 import type { Test } from 'tap'
-import Fastify, { type LightMyRequestResponse } from 'fastify'
+import Fastify, { type FastifyRequest, type LightMyRequestResponse } from 'fastify'
 import sessions from '../../index.js'
 import { COOKIE_PROVIDER, CookieProvider, createCookieProvider } from '../../providers/cookie.js'
 import type { CookieProviderOptions } from '../../providers/cookie.js'
@@ -390,5 +390,14 @@ t.test('through the plugin', async function (t) {
     const again = await during.inject({ url: '/me', headers: cookieHeader(renewed) })
     t.same(again.json(), { userId: 'alice', cart: [1, { sku: 'x' }] }, 'the renewed cookie opens')
     t.equal(sessionCookie(again), undefined, 'and needs no renewal')
+  })
+
+  t.test('a new session that is regenerated but holds nothing sets no cookie', async function (t) {
+    const app = await appOn(t, { provider: 'cookie', providerOptions: { keys: [randomKey()] } })
+    app.post('/fresh', async function fresh (request: FastifyRequest) {
+      await request.session.regenerate()
+      return {}
+    })
+    t.equal(sessionCookie(await app.inject({ method: 'POST', url: '/fresh' })), undefined)
   })
 })
