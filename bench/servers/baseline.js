@@ -1,0 +1,43 @@
+// Bare Fastify + @fastify/cookie: the same routes without a session library.
+// "Sessions" are a plain Map keyed by the raw cookie value (no signing, no
+// store abstraction), capped like our memory provider, so every route does
+// the least work that still gives the same answers.
+import Fastify from 'fastify'
+import fastifyCookie from '@fastify/cookie'
+import { defineRoutes, serve, serverConfig } from '../lib/server.js'
+
+const config = serverConfig()
+const MAX = 100_000
+const store = new Map()
+let seq = 0
+
+const app = Fastify({ logger: false })
+await app.register(fastifyCookie)
+app.decorateRequest('baselineRecord', null)
+
+function record (request) {
+  const id = request.cookies.sessionid
+  return id === undefined ? undefined : store.get(id)
+}
+
+defineRoutes(app, {
+  get (request, key) {
+    return record(request)?.[key]
+  },
+  set (request, reply, key, value) {
+    let rec = record(request)
+    if (rec === undefined) {
+      rec = request.baselineRecord
+      if (rec === null) {
+        const id = 'b' + (++seq)
+        rec = request.baselineRecord = {}
+        if (store.size >= MAX) store.delete(store.keys().next().value)
+        store.set(id, rec)
+        reply.setCookie('sessionid', id, { path: '/', httpOnly: true, sameSite: 'lax' })
+      }
+    }
+    rec[key] = value
+  }
+}, { optOut: true, fault: config.fault })
+
+await serve(app)
