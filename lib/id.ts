@@ -1,4 +1,4 @@
-import { createHash, randomBytes } from 'node:crypto'
+import { hash, randomBytes } from 'node:crypto'
 
 /** Session ids are 256 bits from the CSPRNG, as 43 base64url characters. */
 const ID_BYTES = 32
@@ -30,5 +30,5 @@ export function isWellFormedId (value: string): boolean {
  * store holds nothing a client could present as a cookie.
  */
 export function storeKey (id: string): string {
-  return createHash('sha256').update(id).digest('base64url')
+  return hash('sha256', id, 'base64url')
 }

@@ -21,54 +21,92 @@ declare module '../lib/registry.js' {
 export const MEMORY_PROVIDER = 'memory'
 
 /**
- * The data of one record. It refuses changes once built, so a record handed to
- * a request can be shared with the store without a copy per read.
+ * One stored record, in as few bytes as V8 allows: the data as a flat
+ * `[key, json, key, json, …]` array (a third of a small `Map`), and the two
+ * later times as offsets from `createdAt`. A session never outlives its
+ * absolute lifetime, so the offsets stay small integers that V8 keeps
+ * unboxed, where three epoch timestamps would each take a boxed number.
+ * A reader gets a fresh `Map` built from the array, so nothing a request
+ * holds is shared with the store.
  */
-class RecordData extends Map<string, string> {
-  constructor (entries: Iterable<readonly [string, string]>) {
-    super()
-    for (const [key, json] of entries) super.set(key, json)
+class Entry {
+  lastSeen: number
+  expires: number
+
+  constructor (
+    public pairs: string[],
+    readonly createdAt: number,
+    lastSeenAt: number,
+    expiresAt: number,
+    public user: string | null,
+    /** The provider's move count when the entry last joined the back of the recency list. */
+    public movedAt: number
+  ) {
+    this.lastSeen = lastSeenAt - createdAt
+    this.expires = expiresAt - createdAt
   }
 
-  override set (): this {
-    throw new TypeError('A stored session record is read-only')
+  get lastSeenAt (): number {
+    return this.createdAt + this.lastSeen
   }
 
-  override delete (): boolean {
-    throw new TypeError('A stored session record is read-only')
+  get expiresAt (): number {
+    return this.createdAt + this.expires
   }
 
-  override clear (): void {
-    throw new TypeError('A stored session record is read-only')
+  touch (lastSeenAt: number, expiresAt: number): void {
+    this.lastSeen = lastSeenAt - this.createdAt
+    this.expires = expiresAt - this.createdAt
+  }
+
+  toStored (): StoredSession {
+    const data = new Map<string, string>()
+    const pairs = this.pairs
+    for (let i = 0; i < pairs.length; i += 2) data.set(pairs[i], pairs[i + 1])
+    return { data, createdAt: this.createdAt, lastSeenAt: this.lastSeenAt, expiresAt: this.expiresAt }
+  }
+
+  json (name: string): string | undefined {
+    const pairs = this.pairs
+    for (let i = 0; i < pairs.length; i += 2) if (pairs[i] === name) return pairs[i + 1]
+    return undefined
   }
 }
 
-/** One stored record, replaced rather than changed by a write. */
-class Entry implements StoredSession {
-  constructor (
-    readonly data: RecordData,
-    readonly createdAt: number,
-    readonly lastSeenAt: number,
-    readonly expiresAt: number,
-    readonly user: string | null
-  ) {
-    Object.freeze(this)
+/** The data as a flat array of exactly its size (`push` would reserve room for growth it never gets). */
+function toPairs (data: ReadonlyMap<string, string>): string[] {
+  const pairs = new Array<string>(data.size * 2)
+  let i = 0
+  for (const [name, json] of data) {
+    pairs[i++] = name
+    pairs[i++] = json
   }
+  return pairs
 }
 
 /**
- * Sessions in a `Map` whose insertion order is the recency list: every read
- * or write moves the entry to the back, so the front is always the least
- * recently used. A sweep walks from the front and stops at the first live
- * entry, costing what expired rather than what is stored.
+ * Sessions in a `Map` whose insertion order is the recency list: a read or a
+ * write moves the entry to the back, so the front holds the least recently
+ * used. A sweep walks from the front and stops at the first live entry,
+ * costing what expired rather than what is stored.
  *
- * Values stay JSON texts, and records are immutable: a write replaces the
- * entry, so what a request was handed never changes under it.
+ * An entry still in the newer half of the list is not moved again: V8 leaves
+ * a deleted `Map` slot in its hash chain until the table is rebuilt, so a busy
+ * session moved on every access would lengthen its own lookups without
+ * bound. Recency is therefore approximate — an entry used again soon after
+ * it moved keeps that place — but the front always holds entries older than
+ * every entry in the newer half, which is all eviction and the sweep need.
+ *
+ * Values stay JSON texts, as in any real store.
  */
 export class MemoryProvider implements SessionProvider {
   readonly maxSessions: number
   private readonly sessions = new Map<string, Entry>()
   private readonly users = new Map<string, Set<string>>()
+  /** One cursor over the recency list, kept between evictions so each starts where the last stopped. */
+  private evictor: Iterator<string> | null = null
+  /** Counts entries joining the back of the list; `movedAt` is measured against it. */
+  private moves = 0
 
   constructor (options: MemoryProviderOptions = {}) {
     const { maxSessions = 100_000 } = options
@@ -86,19 +124,16 @@ export class MemoryProvider implements SessionProvider {
   get (key: string): StoredSession | null {
     const entry = this.live(key)
     if (entry === undefined) return null
-    this.sessions.delete(key)
-    this.sessions.set(key, entry)
-    return entry
+    this.used(key, entry)
+    return entry.toStored()
   }
 
   create (key: string, session: NewSession, replaces?: string): boolean {
     if (this.live(key) !== undefined) return false
     if (replaces !== undefined && !this.destroy(replaces)) return false
     this.remove(key)
-    while (this.sessions.size >= this.maxSessions) {
-      this.remove(this.sessions.keys().next().value as string)
-    }
-    const entry = new Entry(new RecordData(session.data), session.createdAt, session.lastSeenAt, session.expiresAt, session.user)
+    while (this.sessions.size >= this.maxSessions) this.evictOldest()
+    const entry = new Entry(toPairs(session.data), session.createdAt, session.lastSeenAt, session.expiresAt, session.user, this.moves++)
     this.sessions.set(key, entry)
     this.index(key, entry.user)
     return true
@@ -107,20 +142,21 @@ export class MemoryProvider implements SessionProvider {
   update (key: string, patch: SessionPatch): boolean {
     const entry = this.live(key)
     if (entry === undefined) return false
-    let data = entry.data
     if (patch.set !== null || patch.delete !== null) {
-      const changed = new Map(data)
-      if (patch.set !== null) for (const [name, json] of patch.set) changed.set(name, json)
-      if (patch.delete !== null) for (const name of patch.delete) changed.delete(name)
-      data = new RecordData(changed)
+      // a new array rather than edits in place: a reader may be walking the old one
+      const data = new Map(entry.toStored().data)
+      if (patch.set !== null) for (const [name, json] of patch.set) data.set(name, json)
+      if (patch.delete !== null) for (const name of patch.delete) data.delete(name)
+      entry.pairs = toPairs(data)
     }
     const user = patch.user === undefined ? entry.user : patch.user
     if (user !== entry.user) {
       this.unindex(key, entry.user)
       this.index(key, user)
+      entry.user = user
     }
-    this.sessions.delete(key)
-    this.sessions.set(key, new Entry(data, entry.createdAt, patch.lastSeenAt, patch.expiresAt, user))
+    entry.touch(patch.lastSeenAt, patch.expiresAt)
+    this.used(key, entry)
     return true
   }
 
@@ -150,7 +186,7 @@ export class MemoryProvider implements SessionProvider {
       if (entry === undefined) continue
       const info = new Map<string, string>()
       for (const name of infoKeys) {
-        const json = entry.data.get(name)
+        const json = entry.json(name)
         if (json !== undefined) info.set(name, json)
       }
       list.push({ key, createdAt: entry.createdAt, lastSeenAt: entry.lastSeenAt, expiresAt: entry.expiresAt, info })
@@ -172,6 +208,26 @@ export class MemoryProvider implements SessionProvider {
   close (): void {
     this.sessions.clear()
     this.users.clear()
+    this.evictor = null
+  }
+
+  /** Moves the entry to the back of the recency list, unless it is still in the newer half. */
+  private used (key: string, entry: Entry): void {
+    if (this.moves - entry.movedAt < this.sessions.size >>> 1) return
+    entry.movedAt = this.moves++
+    this.sessions.delete(key)
+    this.sessions.set(key, entry)
+  }
+
+  /**
+   * Removes the least recently used entry. A fresh `keys()` iterator would
+   * step over every slot already deleted at the front of the table, so one
+   * cursor is kept: everything before it has been evicted, and entries only
+   * ever join at the back, so it never runs dry while the store is full.
+   */
+  private evictOldest (): void {
+    if (this.evictor === null) this.evictor = this.sessions.keys()
+    this.remove(this.evictor.next().value as string)
   }
 
   /** The entry under `key` unless it has expired; an expired one is dropped on the way. */

@@ -83,15 +83,31 @@ testProvider(t, {
       t.equal(provider.size, 10_000, 'the live ones stay')
     })
 
-    t.test('a stored record refuses set, delete and clear, so a reader cannot change the store', async (t) => {
-      const provider = new MemoryProvider()
-      const key = newKey()
-      provider.create(key, session())
-      const data = provider.get(key)?.data as Map<string, string>
-      t.throws(() => data.set('a', '2'), TypeError)
-      t.throws(() => data.delete('a'), TypeError)
-      t.throws(() => data.clear(), TypeError)
-      t.same([...(provider.get(key)?.data ?? [])], [['a', '1']])
+    t.test('a session used again soon after it moved keeps its place, and eviction still takes the oldest', async (t) => {
+      const provider = new MemoryProvider({ maxSessions: 4 })
+      const [a, b, c, d, e, f] = Array.from({ length: 6 }, newKey)
+      for (const key of [a, b, c, d]) provider.create(key, session())
+      provider.get(a)
+      provider.get(a)
+      provider.get(a)
+      provider.create(e, session())
+      t.equal(provider.get(b), null, 'b, the oldest, went first')
+      provider.create(f, session())
+      t.equal(provider.get(c), null, 'then c')
+      t.ok(provider.get(a), 'a, used after them, stays')
+      t.equal(provider.size, 4)
+    })
+
+    t.test('eviction keeps working after close() empties the store', async (t) => {
+      const provider = new MemoryProvider({ maxSessions: 1 })
+      provider.create(newKey(), session())
+      provider.create(newKey(), session())
+      provider.close()
+      const [x, y] = [newKey(), newKey()]
+      provider.create(x, session())
+      provider.create(y, session())
+      t.equal(provider.get(x), null)
+      t.ok(provider.get(y))
     })
 
     t.test('size counts records, expired ones not yet swept included', async (t) => {
