@@ -3,7 +3,7 @@ import './providers/memory.js'
 
 export { sessions as fastifySessions }
 export { registerProvider, getProvider, type SessionProviders } from './lib/registry.js'
-export type { SessionProvider, ProviderFactory, StoredSession, NewSession, SessionPatch, UserSessionRecord } from './lib/provider.js'
+export type { SessionProvider, StatelessSessionProvider, SealedSession, ProviderFactory, StoredSession, NewSession, SessionPatch, UserSessionRecord } from './lib/provider.js'
 export { Session, type SessionData, type SessionValue } from './lib/session.js'
 export { SessionManager, type UserSessionEntry } from './lib/manager.js'
 export type { SessionPluginOptions, SessionPluginBaseOptions, SessionCookieOptions } from './lib/options.js'
