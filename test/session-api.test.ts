@@ -387,3 +387,17 @@ t.test('deleting a stored key and setting another counts the size of what remain
   const res = await app.inject({ method: 'POST', url: '/swap', headers: cookieHeader(sessionCookie(seed) as string) })
   t.same(res.json(), { plain: 'p', keys: ['plain', 'next'] }, 'fits only because obj was deleted')
 })
+
+t.test('get() hands back the very object set() or an earlier get() gave, so changes to it are not lost', async (t) => {
+  const app = await build(t)
+  app.post('/same', async (request) => {
+    const cart = ['a']
+    request.session.set('cart', cart)
+    const first = request.session.get('cart')
+    first.push('b')
+    return { same: first === cart && request.session.get('cart') === cart }
+  })
+  const res = await app.inject({ method: 'POST', url: '/same' })
+  t.same(res.json(), { same: true })
+  t.same((await app.inject({ url: '/get/cart', headers: cookieHeader(sessionCookie(res) as string) })).json(), { value: ['a', 'b'] })
+})
