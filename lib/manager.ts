@@ -4,7 +4,7 @@ import { CookieSigner, CookieWriter, findCookie, MAX_COOKIE_LENGTH, VerifiedCook
 import { FST_SESSION_COOKIE_TOO_LARGE, FST_SESSION_INVALID_USER, FST_SESSION_STORE_UNAVAILABLE, FST_SESSION_UNSUPPORTED } from './errors.js'
 import { storeKey } from './id.js'
 import type { ResolvedOptions } from './options.js'
-import type { SealedSession, SessionPatch, SessionProvider, StatelessSessionProvider, StoredSession } from './provider.js'
+import { isStateless, type SealedSession, type SessionPatch, type SessionProvider, type StatelessSessionProvider, type StoredSession } from './provider.js'
 import { Session, userOf } from './session.js'
 
 /** One session of a user, as `listUserSessions` shows it. Times are epoch milliseconds. */
@@ -67,9 +67,9 @@ export class SessionManager {
 
   /** Runs a sweep now, if the provider needs them; answers how many sessions it removed. */
   async gc (): Promise<number> {
-    if (this.#store?.gc === undefined) return 0
-    const store = this.#store as SessionProvider
-    return this.#call(() => (store.gc as () => Settled<number>)())
+    const gc = this.#store?.gc
+    if (gc === undefined) return 0
+    return this.#call(() => gc.call(this.provider))
   }
 
   /** The live sessions of `userId`, most recently seen first. */
@@ -350,10 +350,6 @@ export class SessionManager {
       })
     })
   }
-}
-
-function isStateless (provider: SessionProvider | StatelessSessionProvider): provider is StatelessSessionProvider {
-  return (provider as StatelessSessionProvider).stateless === true
 }
 
 /** @internal Whether `err` is a store failure rather than a fault of the session itself. */

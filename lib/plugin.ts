@@ -4,7 +4,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest, HookHandlerDoneFunc
 import { FST_SESSION_INVALID_PROVIDER } from './errors.js'
 import { isStoreFailure, SessionManager } from './manager.js'
 import { resolveOptions, type SessionPluginOptions } from './options.js'
-import type { SessionProvider, StatelessSessionProvider } from './provider.js'
+import { isStateless, type SessionProvider, type StatelessSessionProvider } from './provider.js'
 import { getProvider } from './registry.js'
 import { Session } from './session.js'
 
@@ -45,8 +45,7 @@ function checkProvider (provider: unknown): asserts provider is AnyProvider {
   if (typeof provider !== 'object' || provider === null) {
     throw new FST_SESSION_INVALID_PROVIDER('expected a registered name or an object implementing SessionProvider')
   }
-  const stateless = (provider as StatelessSessionProvider).stateless === true
-  for (const method of stateless ? STATELESS_METHODS : PROVIDER_METHODS) {
+  for (const method of isStateless(provider as AnyProvider) ? STATELESS_METHODS : PROVIDER_METHODS) {
     if (typeof (provider as Record<string, unknown>)[method] !== 'function') {
       throw new FST_SESSION_INVALID_PROVIDER(`it has no ${method}() method`)
     }

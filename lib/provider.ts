@@ -152,3 +152,8 @@ export interface StatelessSessionProvider {
 export interface SealedSession extends StoredSession {
   readonly id: string
 }
+
+/** Whether `provider` keeps sessions in the cookie rather than in a store. */
+export function isStateless (provider: SessionProvider | StatelessSessionProvider): provider is StatelessSessionProvider {
+  return (provider as StatelessSessionProvider).stateless === true
+}
