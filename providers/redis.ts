@@ -1,23 +1,35 @@
-import { Redis, type Cluster } from 'ioredis'
+import type { Cluster, Redis } from 'ioredis'
+import type { ConnectionOptions } from 'node:tls'
 import { registerProvider } from '../lib/registry.js'
 import { FST_SESSION_PROVIDER_OPTION } from '../lib/errors.js'
 import type { NewSession, SessionPatch, SessionProvider, StoredSession, UserSessionRecord } from '../lib/provider.js'
+import { RedisConnection, RedisScript } from './redis-connection.js'
 
 /** Options of the `redis` provider. Give exactly one of `url` and `client`. */
 export interface RedisProviderOptions {
   /**
-   * A `redis://` or `rediss://` URL. The provider then makes its own client,
-   * which connects on first use, fails a command within about two seconds
-   * while Redis is unreachable, reconnects by itself and is closed by
-   * `close()`.
+   * A `redis://` or `rediss://` URL (user, password and database number
+   * included). The provider then opens its own connection, which is the
+   * fast way: it connects on first use, sends the commands of all requests
+   * handled in one turn of the event loop in one write, fails a command at
+   * once while Redis is unreachable or after two seconds without a reply,
+   * connects again on the next command, and is closed by `close()`.
    * @default undefined
    */
   url?: string
 
   /**
+   * TLS options for a `rediss://` URL, passed to `tls.connect` (a private
+   * `ca`, a client `cert` and `key`).
+   * @default undefined
+   */
+  tls?: ConnectionOptions
+
+  /**
    * An ioredis `Redis` or `Cluster` the application already has (for
-   * instance from `@fastify/redis`). It is used as it is, with its `db` and
-   * `keyPrefix`, and stays open after `close()`.
+   * instance from `@fastify/redis`). It is used as it is, with its `db`,
+   * `keyPrefix`, timeouts and retry policy, and stays open after `close()`.
+   * A Cluster needs it; otherwise `url` is faster.
    * @default undefined
    */
   client?: Redis | Cluster
@@ -49,37 +61,6 @@ declare module '../lib/registry.js' {
 export const REDIS_PROVIDER = 'redis'
 
 type RedisClient = Redis | Cluster
-
-/**
- * Settings of the client made from `url`. `maxRetriesPerRequest: 0` fails
- * every queued or unanswered command as soon as a connection attempt fails,
- * instead of replaying it later: a replayed create or destroy would answer
- * wrongly, and a caller should hear about an outage at once. Because a
- * refused connection is retried at least every second, a command waits at
- * most that long; `commandTimeout` bounds the cases where nothing fails
- * (a server that accepts but never answers), `connectTimeout` a host that
- * drops packets, and `socketTimeout` replaces a connection that went silent.
- * `disconnectTimeout: 0`: on close, ioredis otherwise waits for a 'close'
- * event that a connection already lost never sends, holding the process open.
- */
-const OWN_CLIENT_OPTIONS = {
-  lazyConnect: true,
-  enableOfflineQueue: true,
-  maxRetriesPerRequest: 0,
-  connectTimeout: 2000,
-  commandTimeout: 2000,
-  socketTimeout: 5000,
-  disconnectTimeout: 0,
-  retryStrategy: reconnectDelay
-}
-
-function reconnectDelay (attempt: number): number {
-  return Math.min(attempt * 100, 1000)
-}
-
-// Failures reach callers as rejected commands; without a listener ioredis
-// would print every failed reconnection attempt.
-function ignoreConnectionError (): void {}
 
 /*
  * Storage layout. A session is one hash `<prefix>{<key>}`: the braces make
@@ -160,7 +141,7 @@ end
  * An expired record under the key or under `replaces` counts as missing and
  * is dropped on the way.
  */
-const CREATE = PRELUDE + `
+const CREATE = new RedisScript(PRELUDE + `
 local key = KEYS[1]
 local current = redis.call('HMGET', key, 'e', 'u')
 if current[1] and tonumber(current[1]) > now then return {0, false} end
@@ -186,14 +167,14 @@ each('HSET', key, 13, #ARGV)
 redis.call('PEXPIREAT', key, ARGV[10])
 index(user, ARGV[4], ARGV[10])
 return {1, current[2]}
-`
+`)
 
 /*
  * ARGV 4 key, 5 lastSeenAt, 6 expiresAt, 7 deadline, 8 owner change
  * ('=' keep, 's' set, '-' clear), 9 user, 10 how many ARGV hold fields to set,
  * then field, value pairs, then fields to delete.
  */
-const UPDATE = PRELUDE + `
+const UPDATE = new RedisScript(PRELUDE + `
 local key = KEYS[1]
 local current = redis.call('HMGET', key, 'e', 'u')
 if not current[1] then return {0, false} end
@@ -218,10 +199,10 @@ redis.call('PEXPIREAT', key, ARGV[7])
 if current[2] and current[2] ~= user then unindex(current[2], ARGV[4]) end
 index(user, ARGV[4], ARGV[7])
 return {1, current[2]}
-`
+`)
 
 /* ARGV 4 key, 5 only if owned, 6 owner. Answers 1 when a live record was deleted. */
-const DESTROY = PRELUDE + `
+const DESTROY = new RedisScript(PRELUDE + `
 local key = KEYS[1]
 local current = redis.call('HMGET', key, 'e', 'u')
 if not current[1] then return {0, false} end
@@ -230,13 +211,13 @@ redis.call('DEL', key)
 unindex(current[2], ARGV[4])
 if tonumber(current[1]) > now then return {1, current[2]} end
 return {0, current[2]}
-`
+`)
 
 /*
  * Unsharded only: KEYS[1] the user's index; ARGV 4 user, 5 has except,
  * 6 except. A member whose hash belongs to someone else is only unlisted.
  */
-const DESTROY_BY_USER = PRELUDE + `
+const DESTROY_BY_USER = new RedisScript(PRELUDE + `
 local index = KEYS[1]
 redis.call('ZREMRANGEBYSCORE', index, '-inf', ARGV[1])
 local removed = 0
@@ -253,10 +234,10 @@ for _, member in ipairs(redis.call('ZRANGE', index, 0, -1)) do
 end
 settle(index)
 return removed
-`
+`)
 
 /** Sharded only: KEYS[1] a user's index; ARGV 4 member, 5 deadline, or '' to remove. */
-const INDEX = PRELUDE + `
+const INDEX = new RedisScript(PRELUDE + `
 if ARGV[5] == '' then
   redis.call('ZREM', KEYS[1], ARGV[4])
 else
@@ -264,16 +245,45 @@ else
 end
 settle(KEYS[1])
 return 1
-`
+`)
 
-type Script = (...args: string[]) => Promise<unknown>
+const SCRIPTS = { CREATE, UPDATE, DESTROY, DESTROY_BY_USER, INDEX }
 
-interface Scripts {
-  fastifySessionsCreate: Script
-  fastifySessionsUpdate: Script
-  fastifySessionsDestroy: Script
-  fastifySessionsDestroyByUser: Script
-  fastifySessionsIndex: Script
+/** What the provider needs of a connection: single commands and script runs. */
+interface Commands {
+  /** One command, `args[0]` its name; resolves with the raw reply. */
+  send: (args: string[]) => Promise<unknown>
+  /** A script on one key. */
+  run: (script: RedisScript, key: string, args: string[]) => Promise<unknown>
+}
+
+/**
+ * An application's ioredis client as `Commands`. Its `call` keeps replies
+ * raw (HGETALL stays a flat list); scripts go through `defineCommand`, which
+ * applies the client's `keyPrefix` to the key and falls back from EVALSHA to
+ * EVAL on its own.
+ */
+class IoredisCommands implements Commands {
+  readonly #client: RedisClient
+  readonly #names = new Map<RedisScript, string>()
+
+  constructor (client: RedisClient) {
+    this.#client = client
+    for (const [name, script] of Object.entries(SCRIPTS)) {
+      const command = `fastifySessions_${name}`
+      client.defineCommand(command, { numberOfKeys: 1, lua: script.source })
+      this.#names.set(script, command)
+    }
+  }
+
+  send (args: string[]): Promise<unknown> {
+    return this.#client.call(args[0], ...args.slice(1))
+  }
+
+  run (script: RedisScript, key: string, args: string[]): Promise<unknown> {
+    const command = this.#names.get(script) as string
+    return (this.#client as unknown as Record<string, (...args: string[]) => Promise<unknown>>)[command](key, ...args)
+  }
 }
 
 const DATA = 'd'
@@ -288,13 +298,14 @@ function isClient (value: unknown): value is RedisClient {
     typeof client.call === 'function' && typeof client.defineCommand === 'function'
 }
 
-function ownClient (url: unknown): Redis {
-  if (typeof url !== 'string' || !/^rediss?:\/\/./.test(url)) {
+function ownConnection (url: unknown, tls: ConnectionOptions | undefined): RedisConnection {
+  if (typeof url !== 'string' || !/^rediss?:\/\/./.test(url) || !URL.canParse(url)) {
     fail('url must be a redis:// or rediss:// URL')
   }
-  const client = new Redis(url, OWN_CLIENT_OPTIONS)
-  client.on('error', ignoreConnectionError)
-  return client
+  const db = new URL(url).pathname.slice(1)
+  if (db !== '' && !/^\d+$/.test(db)) fail('the path of url must be a database number')
+  if (tls !== undefined && (typeof tls !== 'object' || tls === null)) fail('tls must be an object of tls.connect options')
+  return new RedisConnection(url, { tls })
 }
 
 /** The PEXPIREAT argument and index score for a deadline: whole milliseconds, never early. */
@@ -303,66 +314,58 @@ function deadline (expiresAt: number): string {
 }
 
 /**
- * The field, value pairs of an HGETALL reply: a flat array, or an object on a
- * client whose `replyMapping` is `'resp3'` (ioredis keeps `__proto__` as an
- * own property there).
- */
-function fieldsOf (reply: unknown): Array<[string, string]> {
-  if (!Array.isArray(reply)) return Object.entries(reply as Record<string, string>)
-  const fields: Array<[string, string]> = []
-  for (let i = 0; i < reply.length; i += 2) fields.push([reply[i], reply[i + 1]])
-  return fields
-}
-
-/**
  * Sessions in Redis hashes with native expiry, written by Lua scripts so that
  * every write is one atomic round trip (see the layout above).
  */
 export class RedisProvider implements SessionProvider {
-  /** The client in use, made from `url` or handed in. */
-  readonly client: RedisClient
+  /** The ioredis client handed in, or the provider's own connection made from `url`. */
+  readonly client: RedisClient | RedisConnection
   readonly prefix: string
   readonly sharded: boolean
   private readonly owned: boolean
   private readonly keyspace: string
-  private readonly scripts: Scripts
+  private readonly commands: Commands
   private closed = false
 
   constructor (options: RedisProviderOptions) {
     if (typeof options !== 'object' || options === null) fail('options must be an object with url or client')
-    const { url, client, prefix = 'sess:', sharded } = options
+    const { url, client, tls, prefix = 'sess:', sharded } = options
     if (url !== undefined && client !== undefined) fail('give either url or client, not both')
     if (url === undefined && client === undefined) fail('give url or client')
     if (client !== undefined && !isClient(client)) fail('client must be an ioredis Redis or Cluster')
+    if (client !== undefined && tls !== undefined) fail('tls goes with url; configure TLS on the client handed in')
     if (typeof prefix !== 'string') fail('prefix must be a string')
     if (sharded !== undefined && typeof sharded !== 'boolean') fail('sharded must be a boolean')
 
-    this.owned = client === undefined
-    this.client = client ?? ownClient(url)
     this.prefix = prefix
-    this.sharded = sharded ?? this.client.isCluster
-    const { keyPrefix = '' } = this.client.options
-    this.keyspace = keyPrefix + prefix
-
-    // defineCommand sends EVALSHA and falls back to EVAL on NOSCRIPT, so a
-    // SCRIPT FLUSH or a restarted server costs one extra command, no error.
-    this.client.defineCommand('fastifySessionsCreate', { numberOfKeys: 1, lua: CREATE })
-    this.client.defineCommand('fastifySessionsUpdate', { numberOfKeys: 1, lua: UPDATE })
-    this.client.defineCommand('fastifySessionsDestroy', { numberOfKeys: 1, lua: DESTROY })
-    this.client.defineCommand('fastifySessionsDestroyByUser', { numberOfKeys: 1, lua: DESTROY_BY_USER })
-    this.client.defineCommand('fastifySessionsIndex', { numberOfKeys: 1, lua: INDEX })
-    this.scripts = this.client as unknown as Scripts
+    if (client === undefined) {
+      const connection = ownConnection(url, tls)
+      this.owned = true
+      this.client = connection
+      this.commands = connection
+      this.sharded = sharded ?? false
+      this.keyspace = prefix
+    } else {
+      this.owned = false
+      this.client = client
+      this.commands = new IoredisCommands(client)
+      this.sharded = sharded ?? client.isCluster
+      this.keyspace = (client.options.keyPrefix ?? '') + prefix
+    }
   }
 
   async get (key: string): Promise<StoredSession | null> {
-    // `call` with the upper-case name skips ioredis's HGETALL-to-object
-    // conversion, so the reply stays the raw field list.
-    const reply = await this.client.call('HGETALL', this.sessionKey(key))
+    const reply = await this.commands.send(['HGETALL', this.sessionKey(key)]) as string[] | Record<string, string>
+    // a client whose replyMapping is 'resp3' answers an object (ioredis keeps
+    // `__proto__` as an own property there)
+    const fields = Array.isArray(reply) ? reply : Object.entries(reply).flat()
     const data = new Map<string, string>()
     let createdAt = NaN
     let lastSeenAt = NaN
     let expiresAt = NaN
-    for (const [field, value] of fieldsOf(reply)) {
+    for (let i = 0; i < fields.length; i += 2) {
+      const field = fields[i]
+      const value = fields[i + 1]
       if (field === 'c') createdAt = Number(value)
       else if (field === 's') lastSeenAt = Number(value)
       else if (field === 'e') expiresAt = Number(value)
@@ -393,7 +396,7 @@ export class RedisProvider implements SessionProvider {
       session.user === null ? '0' : '1', session.user ?? ''
     )
     for (const [name, json] of session.data) args.push(DATA + name, json)
-    const [created, previous] = await this.write(this.scripts.fastifySessionsCreate(this.sessionKey(key), ...args))
+    const [created, previous] = await this.write(this.commands.run(CREATE, this.sessionKey(key), args))
     if (this.sharded) await this.follow(key, previous, created ? session.user : null, until)
     return created
   }
@@ -408,7 +411,7 @@ export class RedisProvider implements SessionProvider {
       args[9] = String(args.length - 10)
     }
     if (patch.delete !== null) for (const name of patch.delete) args.push(DATA + name)
-    const [updated, previous] = await this.write(this.scripts.fastifySessionsUpdate(this.sessionKey(key), ...args))
+    const [updated, previous] = await this.write(this.commands.run(UPDATE, this.sessionKey(key), args))
     if (this.sharded) {
       const next = !updated ? null : patch.user === undefined ? previous : patch.user
       await this.follow(key, previous, next, until)
@@ -426,7 +429,7 @@ export class RedisProvider implements SessionProvider {
     const now = Date.now()
     const members = await this.members(user, now)
     const fields = ['c', 's', 'e', 'u', ...infoKeys.map((name) => DATA + name)]
-    const rows = await Promise.all(members.map((member) => this.client.hmget(this.sessionKey(member), ...fields)))
+    const rows = await Promise.all(members.map((member) => this.commands.send(['HMGET', this.sessionKey(member), ...fields]) as Promise<Array<string | null>>))
     const list: UserSessionRecord[] = []
     for (let i = 0; i < members.length; i++) {
       const [createdAt, lastSeenAt, expiresAt, owner, ...values] = rows[i]
@@ -446,19 +449,19 @@ export class RedisProvider implements SessionProvider {
     if (!this.sharded) {
       const args = this.head(user)
       args.push(exceptKey === undefined ? '0' : '1', exceptKey ?? '')
-      return Number(await this.scripts.fastifySessionsDestroyByUser(this.indexKey(user), ...args))
+      return Number(await this.commands.run(DESTROY_BY_USER, this.indexKey(user), args))
     }
     const doomed = (await this.members(user, Date.now())).filter((member) => member !== exceptKey)
     if (doomed.length === 0) return 0
     const outcomes = await Promise.all(doomed.map((member) => this.destroyRecord(member, user)))
-    await this.client.zrem(this.indexKey(user), ...doomed)
+    await this.commands.send(['ZREM', this.indexKey(user), ...doomed])
     return outcomes.filter(([live]) => live).length
   }
 
   close (): void {
     if (this.closed) return
     this.closed = true
-    if (this.owned) this.client.disconnect()
+    if (this.owned) (this.client as RedisConnection).close()
   }
 
   private sessionKey (key: string): string {
@@ -478,7 +481,7 @@ export class RedisProvider implements SessionProvider {
   private destroyRecord (key: string, owner: string | null): Promise<[boolean, string | null]> {
     const args = this.head(key)
     args.push(owner === null ? '0' : '1', owner ?? '')
-    return this.write(this.scripts.fastifySessionsDestroy(this.sessionKey(key), ...args))
+    return this.write(this.commands.run(DESTROY, this.sessionKey(key), args))
   }
 
   /** A write script's answer: whether it did its work, and the owner of the record it found. */
@@ -507,7 +510,7 @@ export class RedisProvider implements SessionProvider {
   private index (user: string, key: string, until: string): Promise<unknown> {
     const args = this.head(key)
     args.push(until)
-    return this.scripts.fastifySessionsIndex(this.indexKey(user), ...args)
+    return this.commands.run(INDEX, this.indexKey(user), args)
   }
 
   /** The members of a user's index, after dropping those whose deadline has passed. */
@@ -515,8 +518,8 @@ export class RedisProvider implements SessionProvider {
     const index = this.indexKey(user)
     // one key, one connection: the trim runs before the read
     const [, members] = await Promise.all([
-      this.client.zremrangebyscore(index, '-inf', String(now)),
-      this.client.zrange(index, 0, '-1')
+      this.commands.send(['ZREMRANGEBYSCORE', index, '-inf', String(now)]),
+      this.commands.send(['ZRANGE', index, '0', '-1']) as Promise<string[]>
     ])
     return members
   }

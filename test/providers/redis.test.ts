@@ -364,6 +364,10 @@ t.test('invalid options throw FST_SESSION_PROVIDER_OPTION', async (t) => {
     [{ url: 'http://127.0.0.1:6379' }, /url must be a redis:\/\/ or rediss:\/\/ URL/],
     [{ url: 'redis://' }, /url must be/],
     [{ url: 6379 }, /url must be/],
+    [{ url: 'redis://[' }, /url must be/],
+    [{ url: 'redis://127.0.0.1/sessions' }, /the path of url must be a database number/],
+    [{ url: REDIS_URL, tls: 'yes' }, /tls must be an object/],
+    [{ url: REDIS_URL, tls: null }, /tls must be an object/],
     [{ client: {} }, /client must be an ioredis Redis or Cluster/],
     [{ client: null }, /client must be/],
     [{ client: { call () {} } }, /client must be/],
@@ -373,6 +377,9 @@ t.test('invalid options throw FST_SESSION_PROVIDER_OPTION', async (t) => {
   for (const [options, message] of cases) {
     t.throws(() => createRedisProvider(options as RedisProviderOptions), { code: 'FST_SESSION_PROVIDER_OPTION', message }, JSON.stringify(options))
   }
+  const unused = new Redis({ lazyConnect: true })
+  t.throws(() => createRedisProvider({ client: unused, tls: {} }), { code: 'FST_SESSION_PROVIDER_OPTION', message: /tls goes with url/ })
+  unused.disconnect()
 })
 
 t.test('defaults', async (t) => {

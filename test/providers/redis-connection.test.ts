@@ -1,0 +1,214 @@
+// The Redis provider's own connection, on its own: the RESP2 parser against
+// a scripted TCP server that answers exactly the bytes a test gives it, and
+// the handshake (database, password, ACL user, TLS) against real Redis
+// servers started for the test.
+import t, { type Test } from 'tap'
+import { execFileSync } from 'node:child_process'
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import net from 'node:net'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { Redis } from 'ioredis'
+import { REDIS_URL, requireRedis } from '../fixtures/services.js'
+import { freePort, requireRedisServer, startRedisServer } from '../fixtures/redis-server.js'
+import { RedisConnection, RedisReplyError, RedisScript } from '../../providers/redis-connection.js'
+
+/**
+ * A TCP server that answers each chunk it receives with the next of
+ * `replies` (a function gets the socket, to misbehave at will), and counts
+ * connections and chunks.
+ */
+async function scripted (t: Test, replies: Array<string | ((socket: net.Socket) => void)>): Promise<{ url: string, connections: number, received: string[] }> {
+  const state = { url: '', connections: 0, received: [] as string[] }
+  const sockets = new Set<net.Socket>()
+  const server = net.createServer((socket) => {
+    state.connections++
+    sockets.add(socket)
+    socket.setNoDelay(true)
+    socket.on('error', () => {})
+    socket.on('data', (chunk) => {
+      state.received.push(chunk.toString())
+      const reply = replies.shift()
+      if (typeof reply === 'function') reply(socket)
+      else if (reply !== undefined) socket.write(reply)
+    })
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => {
+    for (const socket of sockets) socket.destroy()
+    server.close()
+  })
+  state.url = `redis://127.0.0.1:${(server.address() as net.AddressInfo).port}`
+  return state
+}
+
+function open (t: Test, url: string, options?: ConstructorParameters<typeof RedisConnection>[1]): RedisConnection {
+  const connection = new RedisConnection(url, options)
+  t.teardown(() => connection.close())
+  return connection
+}
+
+t.test('every RESP2 reply type, UTF-8 by byte length, and errors', async (t) => {
+  const server = await scripted(t, [
+    '+OK\r\n',
+    ':-42\r\n',
+    '$7\r\nhé\r\nß\r\n',
+    '$-1\r\n',
+    '*-1\r\n',
+    '*0\r\n',
+    '*3\r\n$1\r\na\r\n*2\r\n:1\r\n$-1\r\n-ERR inner\r\n',
+    '-ERR boom\r\n'
+  ])
+  const redis = open(t, server.url)
+  t.equal(await redis.send(['PING']), 'OK')
+  t.equal(await redis.send(['X']), -42)
+  t.equal(await redis.send(['X']), 'hé\r\nß', 'a bulk string may hold CR LF and multi-byte characters')
+  t.equal(await redis.send(['X']), null)
+  t.equal(await redis.send(['X']), null)
+  t.strictSame(await redis.send(['X']), [])
+  const nested = await redis.send(['X']) as unknown[]
+  t.strictSame(nested.slice(0, 2), ['a', [1, null]])
+  t.type(nested[2], RedisReplyError, 'an error inside an array is a value')
+  await t.rejects(redis.send(['X']), { name: 'RedisReplyError', message: 'ERR boom' })
+  t.equal(redis.status, 'ready')
+  t.equal(server.received[0], '*1\r\n$4\r\nPING\r\n', 'commands go out as RESP arrays of bulk strings')
+})
+
+t.test('replies that arrive a byte at a time, and several in one packet', async (t) => {
+  const reply = '*2\r\n$5\r\nfirst\r\n$6\r\nsecond\r\n'
+  const server = await scripted(t, [
+    (socket) => {
+      const bytes = Buffer.from(reply)
+      let next = 0
+      const drip = setInterval(() => {
+        socket.write(bytes.subarray(next, next + 1))
+        if (++next === bytes.length) clearInterval(drip)
+      }, 1)
+    },
+    ':1\r\n:2\r\n:3\r\n'
+  ])
+  const redis = open(t, server.url)
+  t.strictSame(await redis.send(['X']), ['first', 'second'])
+  const three = await Promise.all([redis.send(['A']), redis.send(['B']), redis.send(['C'])])
+  t.strictSame(three, [1, 2, 3])
+  t.equal(server.received.length, 2, 'the three commands of one turn left in one write')
+  t.equal(server.received[1], '*1\r\n$1\r\nA\r\n*1\r\n$1\r\nB\r\n*1\r\n$1\r\nC\r\n')
+})
+
+t.test('bytes that are not RESP2 fail the calls in flight, and the next call gets a new connection', async (t) => {
+  const server = await scripted(t, ['?what\r\n', '+back\r\n'])
+  const redis = open(t, server.url)
+  await t.rejects(redis.send(['X']), /connection lost: Redis sent something that is not RESP2/)
+  t.equal(redis.status, 'wait')
+  t.equal(await redis.send(['X']), 'back', 'a lost connection (not a failed attempt) is replaced at once')
+  t.equal(server.connections, 2)
+})
+
+t.test('a connection the server closes: calls in flight fail, the next call connects again', async (t) => {
+  const server = await scripted(t, [(socket) => socket.end(), '+again\r\n'])
+  const redis = open(t, server.url)
+  await t.rejects(redis.send(['X']), /connection lost: closed by the server/)
+  t.equal(await redis.send(['X']), 'again')
+})
+
+t.test('run() falls back to EVAL only on NOSCRIPT; other errors are the caller\'s', async (t) => {
+  const script = new RedisScript('return 1')
+  t.equal(script.sha, 'e0e1f9fabfc9d4800c877a703b823ac0578ff8db', 'the SHA-1 Redis gives the same source')
+  const server = await scripted(t, ['-NOSCRIPT No matching script\r\n', ':1\r\n', '-ERR script failed\r\n'])
+  const redis = open(t, server.url)
+  t.equal(await redis.run(script, 'k', ['a']), 1)
+  t.match(server.received[0], /^\*5\r\n\$7\r\nEVALSHA\r\n\$40\r\ne0e1f9fa/)
+  t.match(server.received[1], /^\*5\r\n\$4\r\nEVAL\r\n\$8\r\nreturn 1\r\n\$1\r\n1\r\n\$1\r\nk\r\n\$1\r\na\r\n$/)
+  await t.rejects(redis.run(script, 'k', []), /ERR script failed/)
+  t.equal(server.received.length, 3, 'no EVAL after an error that is not NOSCRIPT')
+})
+
+t.test('close() fails the calls in flight and every later one', async (t) => {
+  const server = await scripted(t, [])
+  const redis = open(t, server.url)
+  const inFlight = redis.send(['X'])
+  redis.close()
+  redis.close()
+  await t.rejects(inFlight, /Connection is closed/)
+  await t.rejects(redis.send(['X']), /Connection is closed/)
+  t.equal(redis.status, 'end')
+  const never = new RedisConnection(server.url)
+  never.close()
+  t.equal(never.status, 'end', 'closing a connection never opened')
+})
+
+t.test('while nothing listens: the first call fails at once, calls fail without trying for a growing delay, then it tries again', async (t) => {
+  const redis = open(t, `redis://127.0.0.1:${await freePort()}`)
+  await t.rejects(redis.send(['PING']), /connection lost: connect ECONNREFUSED/)
+  const started = Date.now()
+  await t.rejects(redis.send(['PING']), /Redis is unreachable: Redis connection lost: connect ECONNREFUSED/)
+  t.ok(Date.now() - started < 50, 'within the delay a call does not even try')
+  await sleep(120)
+  await t.rejects(redis.send(['PING']), /connection lost: connect ECONNREFUSED/, 'after 100 ms it tries again')
+  await t.rejects(redis.send(['PING']), /unreachable/, 'and the delay has grown')
+})
+
+t.test('against real Redis', async (t) => {
+  if (!await requireRedis(t)) return
+
+  t.test('the database in the url, and none for /0', async (t) => {
+    const url = new URL(REDIS_URL)
+    url.pathname = '/5'
+    const key = `conn-test-${process.pid}`
+    const redis = open(t, url.href)
+    t.equal(await redis.send(['SET', key, 'five']), 'OK')
+    const admin = new Redis(REDIS_URL, { db: 5 })
+    t.teardown(() => admin.disconnect())
+    t.equal(await admin.get(key), 'five', 'the key is in database 5')
+    await admin.del(key)
+    url.pathname = '/0'
+    t.equal(await open(t, url.href).send(['PING']), 'PONG')
+  })
+
+  t.test('port 6379 when the url names none', async (t) => {
+    const url = new URL(REDIS_URL)
+    if (url.port !== '6379') {
+      t.comment(`SKIPPED: REDIS_URL ${REDIS_URL} is not on port 6379`)
+      return
+    }
+    url.port = ''
+    t.equal(await open(t, url.href).send(['PING']), 'PONG')
+  })
+})
+
+t.test('a password, an ACL user, and a wrong password', async (t) => {
+  if (!requireRedisServer(t)) return
+  const server = await startRedisServer(t, undefined, ['--requirepass', 'p@ss/w rd', '--user', 'alice', 'on', '>apple', '~*', '&*', '+@all'])
+  const at = `127.0.0.1:${server.port}`
+  t.equal(await open(t, `redis://:${encodeURIComponent('p@ss/w rd')}@${at}`).send(['PING']), 'PONG', 'the default user, percent-encoded password')
+  const alice = open(t, `redis://alice:apple@${at}/2`)
+  t.equal(await alice.send(['ACL', 'WHOAMI']), 'alice')
+  t.equal(alice.status, 'ready')
+  const wrong = open(t, `redis://:nope@${at}`)
+  await t.rejects(wrong.send(['PING']), /Redis refused the connection: (WRONGPASS|ERR invalid password)/, 'the call fails with the reason')
+  t.equal(wrong.status, 'wait')
+  await t.rejects(wrong.send(['PING']), /unreachable/, 'and it counts as a failed attempt')
+})
+
+t.test('rediss:// with a private CA', async (t) => {
+  if (!requireRedisServer(t)) return
+  const dir = mkdtempSync(path.join(tmpdir(), 'fastify-sessions-tls-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const file = (name: string): string => path.join(dir, name)
+  const openssl = (...args: string[]): void => { execFileSync('openssl', args, { stdio: 'ignore' }) }
+  openssl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj', '/CN=test CA', '-keyout', file('ca.key'), '-out', file('ca.crt'))
+  openssl('req', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=localhost', '-keyout', file('server.key'), '-out', file('server.csr'))
+  writeFileSync(file('san.cnf'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\n')
+  openssl('x509', '-req', '-in', file('server.csr'), '-CA', file('ca.crt'), '-CAkey', file('ca.key'), '-CAcreateserial', '-days', '1',
+    '-extfile', file('san.cnf'), '-out', file('server.crt'))
+  const tlsPort = await freePort()
+  await startRedisServer(t, undefined, [
+    '--tls-port', String(tlsPort), '--tls-cert-file', file('server.crt'), '--tls-key-file', file('server.key'),
+    '--tls-ca-cert-file', file('ca.crt'), '--tls-auth-clients', 'no'
+  ])
+  const ca = readFileSync(file('ca.crt'))
+  t.equal(await open(t, `rediss://127.0.0.1:${tlsPort}`, { tls: { ca } }).send(['PING']), 'PONG', 'by IP address')
+  t.equal(await open(t, `rediss://localhost:${tlsPort}`, { tls: { ca } }).send(['PING']), 'PONG', 'by name (SNI)')
+  await t.rejects(open(t, `rediss://127.0.0.1:${tlsPort}`).send(['PING']), /connection lost: .*(self[- ]signed|unable to (get|verify))/, 'an unknown CA is refused')
+})
