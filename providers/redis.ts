@@ -170,6 +170,26 @@ return {1, current[2]}
 `)
 
 /*
+ * A first visit's session: nobody to index, nothing replaced. Writes only
+ * when nothing at all is under the key and answers 1; otherwise answers 0
+ * and CREATE decides (a live record refuses, an expired one is replaced).
+ * No prelude: this runs on every new visitor, and every redis.call and
+ * local function costs Redis time. ARGV 1 createdAt, 2 lastSeenAt,
+ * 3 expiresAt, 4 deadline, 5... field, value.
+ */
+const CREATE_FRESH = new RedisScript(`
+local key = KEYS[1]
+if redis.call('EXISTS', key) == 1 then return 0 end
+local direct = math.min(#ARGV, 104)
+redis.call('HSET', key, 'c', ARGV[1], 's', ARGV[2], 'e', ARGV[3], unpack(ARGV, 5, direct))
+for i = direct + 1, #ARGV, 100 do
+  redis.call('HSET', key, unpack(ARGV, i, math.min(i + 99, #ARGV)))
+end
+redis.call('PEXPIREAT', key, ARGV[4])
+return 1
+`)
+
+/*
  * ARGV 4 key, 5 lastSeenAt, 6 expiresAt, 7 deadline, 8 owner change
  * ('=' keep, 's' set, '-' clear), 9 user, 10 how many ARGV hold fields to set,
  * then field, value pairs, then fields to delete.
@@ -247,7 +267,7 @@ settle(KEYS[1])
 return 1
 `)
 
-const SCRIPTS = { CREATE, UPDATE, DESTROY, DESTROY_BY_USER, INDEX }
+const SCRIPTS = { CREATE_FRESH, CREATE, UPDATE, DESTROY, DESTROY_BY_USER, INDEX }
 
 /** What the provider needs of a connection: single commands and script runs. */
 interface Commands {
@@ -302,7 +322,13 @@ function ownConnection (url: unknown, tls: ConnectionOptions | undefined): Redis
   if (typeof url !== 'string' || !/^rediss?:\/\/./.test(url) || !URL.canParse(url)) {
     fail('url must be a redis:// or rediss:// URL')
   }
-  const db = new URL(url).pathname.slice(1)
+  const { username, password, pathname } = new URL(url)
+  try {
+    decodeURIComponent(username + password)
+  } catch {
+    fail('the user or password in url is not valid percent-encoding')
+  }
+  const db = pathname.slice(1)
   if (db !== '' && !/^\d+$/.test(db)) fail('the path of url must be a database number')
   if (tls !== undefined && (typeof tls !== 'object' || tls === null)) fail('tls must be an object of tls.connect options')
   return new RedisConnection(url, { tls })
@@ -377,6 +403,11 @@ export class RedisProvider implements SessionProvider {
   }
 
   async create (key: string, session: NewSession, replaces?: string): Promise<boolean> {
+    if (replaces === undefined && session.user === null) {
+      const args = [String(session.createdAt), String(session.lastSeenAt), String(session.expiresAt), deadline(session.expiresAt)]
+      for (const [name, json] of session.data) args.push(DATA + name, json)
+      if (Number(await this.commands.run(CREATE_FRESH, this.sessionKey(key), args)) === 1) return true
+    }
     if (this.sharded && replaces !== undefined) {
       // Two slots, so two steps, ordered so that a refusal changes nothing:
       // the new record first (refused when the key is taken), then the old
