@@ -131,7 +131,6 @@ export class MemoryProvider implements SessionProvider {
   create (key: string, session: NewSession, replaces?: string): boolean {
     if (this.live(key) !== undefined) return false
     if (replaces !== undefined && !this.destroy(replaces)) return false
-    this.remove(key)
     while (this.sessions.size >= this.maxSessions) this.evictOldest()
     const entry = new Entry(toPairs(session.data), session.createdAt, session.lastSeenAt, session.expiresAt, session.user, this.moves++)
     this.sessions.set(key, entry)
