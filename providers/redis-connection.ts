@@ -51,6 +51,8 @@ interface Pending {
 const INCOMPLETE = Symbol('incomplete')
 /** Where the reply just parsed ends: a module variable, so the parser allocates nothing else. */
 let parsedEnd = 0
+/** After INCOMPLETE: how many bytes the buffer must hold before parsing again is worth it (0: unknown). */
+let wanted = 0
 
 function readInteger (buffer: Buffer, from: number, to: number): number {
   let negative = false
@@ -66,7 +68,10 @@ function readInteger (buffer: Buffer, from: number, to: number): number {
 /** The reply that starts at `start`, or INCOMPLETE; sets `parsedEnd`. */
 function parseReply (buffer: Buffer, start: number): Reply | typeof INCOMPLETE {
   const eol = buffer.indexOf(13 /* \r */, start + 1)
-  if (eol === -1 || eol + 1 >= buffer.length) return INCOMPLETE
+  if (eol === -1 || eol + 1 >= buffer.length) {
+    wanted = 0
+    return INCOMPLETE
+  }
   switch (buffer[start]) {
     case 36 /* $ */: {
       const length = readInteger(buffer, start + 1, eol)
@@ -75,7 +80,11 @@ function parseReply (buffer: Buffer, start: number): Reply | typeof INCOMPLETE {
         return null
       }
       const end = eol + 2 + length
-      if (end + 2 > buffer.length) return INCOMPLETE
+      if (end + 2 > buffer.length) {
+        // a large value arrives in many chunks: wait for all of it instead of parsing again on each
+        wanted = end + 2
+        return INCOMPLETE
+      }
       parsedEnd = end + 2
       return buffer.toString('utf8', eol + 2, end)
     }
@@ -129,12 +138,16 @@ function failure (message: string, cause?: unknown): Error {
  * and again on the first call after it was lost. While Redis cannot be
  * reached, calls fail at once rather than waiting: the first right away,
  * then every call for a growing delay after each failed attempt; a call
- * made after that delay tries again. A call Redis does not answer within
- * two seconds fails, as do all others in flight, and the connection is
- * replaced. A failed call is never sent again: the caller hears about it.
+ * made after that delay tries again. An attempt has failed when the
+ * connection is lost before Redis answered anything on it. Calls wait for
+ * the handshake (AUTH, SELECT) to succeed before they are sent, so that none
+ * runs unauthenticated or in the wrong database. A call Redis does not
+ * answer within two seconds fails, as do all others in flight, and the
+ * connection is replaced. A failed call is never sent again: the caller
+ * hears about it.
  */
 export class RedisConnection {
-  /** `wait`: no connection (yet, or any more); `connecting`; `ready`; `end` once closed. */
+  /** `wait`: no connection (yet, or any more); `connecting` until Redis first answers; `ready`; `end` once closed. */
   status: 'wait' | 'connecting' | 'ready' | 'end' = 'wait'
   readonly #url: URL
   readonly #tls: tls.ConnectionOptions | undefined
@@ -142,6 +155,9 @@ export class RedisConnection {
   readonly #pending: Pending[] = []
   /** Commands of this turn of the event loop, written together at its end. */
   #outgoing = ''
+  /** Commands waiting for the handshake to succeed. */
+  #held = ''
+  #handshaking = false
   #flushing = false
   readonly #flush = (): void => {
     this.#flushing = false
@@ -150,8 +166,10 @@ export class RedisConnection {
     this.#outgoing = ''
   }
 
-  /** Bytes of a reply not complete yet. */
-  #unparsed: Buffer | null = null
+  /** Chunks holding a reply not complete yet, their length, and the length worth parsing again. */
+  #unparsed: Buffer[] | null = null
+  #unparsedLength = 0
+  #wanted = 0
   #replies = 0
   #watch: NodeJS.Timeout | null = null
   #failedAttempts = 0
@@ -172,11 +190,8 @@ export class RedisConnection {
       }
       this.#connect()
     }
-    this.#outgoing += encode(args)
-    if (!this.#flushing) {
-      this.#flushing = true
-      setImmediate(this.#flush)
-    }
+    if (this.#handshaking) this.#held += encode(args)
+    else this.#queue(encode(args))
     return new Promise((resolve, reject) => {
       this.#pending.push({ resolve, reject })
     })
@@ -199,6 +214,14 @@ export class RedisConnection {
     this.#lost(failure('Connection is closed.'))
   }
 
+  #queue (commands: string): void {
+    this.#outgoing += commands
+    if (!this.#flushing) {
+      this.#flushing = true
+      setImmediate(this.#flush)
+    }
+  }
+
   #connect (): void {
     const url = this.#url
     const host = url.hostname.replace(/^\[(.*)\]$/, '$1')
@@ -217,27 +240,28 @@ export class RedisConnection {
     })
     socket.on('data', (chunk: Buffer) => this.#read(socket, chunk))
 
-    // The handshake goes first in the queue; its replies confirm the connection.
     const handshake: string[][] = []
     const password = decodeURIComponent(url.password)
     if (password !== '') handshake.push(url.username === '' ? ['AUTH', password] : ['AUTH', decodeURIComponent(url.username), password])
     const db = url.pathname.slice(1)
     if (db !== '' && db !== '0') handshake.push(['SELECT', db])
     let left = handshake.length
-    const ready = (): void => {
-      this.status = 'ready'
-      this.#failedAttempts = 0
-    }
+    this.#handshaking = left > 0
     for (const command of handshake) {
-      this.#outgoing += encode(command)
+      this.#queue(encode(command))
       this.#pending.push({
-        resolve: () => { if (--left === 0) ready() },
+        resolve: () => {
+          if (--left > 0) return
+          this.#handshaking = false
+          this.#proven()
+          if (this.#held !== '') this.#queue(this.#held)
+          this.#held = ''
+        },
         reject: (error) => {
           if (this.#socket === socket) this.#lost(failure(`Redis refused the connection: ${error.message}`, error))
         }
       })
     }
-    if (left === 0) socket.once(socket instanceof tls.TLSSocket ? 'secureConnect' : 'connect', ready)
 
     let seen = -1
     let stalled = 0
@@ -251,8 +275,20 @@ export class RedisConnection {
     }, WATCH_INTERVAL_MS).unref()
   }
 
+  /** Redis has answered (the handshake, if any, succeeded): a loss from now on is not a failed attempt. */
+  #proven (): void {
+    this.status = 'ready'
+    this.#failedAttempts = 0
+  }
+
   #read (socket: net.Socket, chunk: Buffer): void {
-    const buffer = this.#unparsed === null ? chunk : Buffer.concat([this.#unparsed, chunk])
+    let buffer = chunk
+    if (this.#unparsed !== null) {
+      this.#unparsed.push(chunk)
+      this.#unparsedLength += chunk.length
+      if (this.#unparsedLength < this.#wanted) return
+      buffer = Buffer.concat(this.#unparsed, this.#unparsedLength)
+    }
     let at = 0
     while (at < buffer.length) {
       let reply: Reply | typeof INCOMPLETE
@@ -265,13 +301,24 @@ export class RedisConnection {
       if (reply === INCOMPLETE) break
       at = parsedEnd
       this.#replies++
-      const pending = this.#pending.shift() as Pending
+      const pending = this.#pending.shift()
+      if (pending === undefined) {
+        this.#lost(failure('Redis connection lost: Redis sent a reply nobody asked for'))
+        return
+      }
+      if (this.status === 'connecting' && !this.#handshaking) this.#proven()
       if (reply instanceof RedisReplyError) pending.reject(reply)
       else pending.resolve(reply)
       // a refused handshake has just replaced the connection
       if (this.#socket !== socket) return
     }
-    this.#unparsed = at === buffer.length ? null : buffer.subarray(at)
+    if (at === buffer.length) {
+      this.#unparsed = null
+    } else {
+      this.#unparsed = [buffer.subarray(at)]
+      this.#unparsedLength = buffer.length - at
+      this.#wanted = wanted - at
+    }
   }
 
   /** The connection is gone: every call in flight fails, and the next call connects again, or waits out the delay. */
@@ -283,6 +330,8 @@ export class RedisConnection {
     this.#watch = null
     this.#unparsed = null
     this.#outgoing = ''
+    this.#held = ''
+    this.#handshaking = false
     if (this.status !== 'end') {
       if (this.status === 'connecting') {
         this.#failedAttempts++

@@ -97,19 +97,41 @@ t.test('replies that arrive a byte at a time, and several in one packet', async 
 })
 
 t.test('bytes that are not RESP2 fail the calls in flight, and the next call gets a new connection', async (t) => {
-  const server = await scripted(t, ['?what\r\n', '+back\r\n'])
+  const server = await scripted(t, ['+OK\r\n', '?what\r\n', '+back\r\n'])
   const redis = open(t, server.url)
+  t.equal(await redis.send(['X']), 'OK')
   await t.rejects(redis.send(['X']), /connection lost: Redis sent something that is not RESP2/)
   t.equal(redis.status, 'wait')
-  t.equal(await redis.send(['X']), 'back', 'a lost connection (not a failed attempt) is replaced at once')
+  t.equal(await redis.send(['X']), 'back', 'a connection lost after it was proven is replaced at once')
+  t.equal(server.connections, 2)
+})
+
+t.test('a reply nobody asked for drops the connection', async (t) => {
+  const server = await scripted(t, ['+OK\r\n+EXTRA\r\n', '+next\r\n'])
+  const redis = open(t, server.url)
+  t.equal(await redis.send(['X']), 'OK')
+  await sleep(20)
+  t.equal(redis.status, 'wait')
+  t.equal(await redis.send(['X']), 'next')
   t.equal(server.connections, 2)
 })
 
 t.test('a connection the server closes: calls in flight fail, the next call connects again', async (t) => {
-  const server = await scripted(t, [(socket) => socket.end(), '+again\r\n'])
+  const server = await scripted(t, ['+OK\r\n', (socket) => socket.end(), '+again\r\n'])
   const redis = open(t, server.url)
+  t.equal(await redis.send(['X']), 'OK')
   await t.rejects(redis.send(['X']), /connection lost: closed by the server/)
   t.equal(await redis.send(['X']), 'again')
+})
+
+t.test('a server that accepts and hangs up or talks nonsense before any reply: a failed attempt, so calls back off', async (t) => {
+  for (const misbehave of [(socket: net.Socket) => socket.end(), '?what\r\n']) {
+    const server = await scripted(t, [misbehave])
+    const redis = open(t, server.url)
+    await t.rejects(redis.send(['X']), /connection lost/)
+    await t.rejects(redis.send(['X']), /Redis is unreachable/, 'the next call does not even try')
+    t.equal(server.connections, 1)
+  }
 })
 
 t.test('run() falls back to EVAL only on NOSCRIPT; other errors are the caller\'s', async (t) => {
@@ -164,6 +186,19 @@ t.test('against real Redis', async (t) => {
     await admin.del(key)
     url.pathname = '/0'
     t.equal(await open(t, url.href).send(['PING']), 'PONG')
+  })
+
+  t.test('no command runs before the handshake succeeds', async (t) => {
+    const admin = new Redis(REDIS_URL)
+    t.teardown(() => admin.disconnect())
+    const key = `conn-test-held-${process.pid}`
+    const url = new URL(REDIS_URL)
+    url.pathname = '/99'
+    await t.rejects(open(t, url.href).send(['SET', key, 'x']), /refused the connection: ERR DB index is out of range/)
+    url.pathname = ''
+    url.password = 'not-set-on-this-server'
+    await t.rejects(open(t, url.href).send(['SET', key, 'x']), /refused the connection: (ERR AUTH|WRONGPASS)/)
+    t.equal(await admin.get(key), null, 'the SET sent with them never ran')
   })
 
   t.test('port 6379 when the url names none', async (t) => {
