@@ -190,7 +190,7 @@ export class SessionManager {
     }
     let updated: Settled<boolean>
     try {
-      updated = (this.#store as SessionProvider).update(session.key, this.#patch(changes, now, expiresAt))
+      updated = (this.#store as SessionProvider).update(session.key, this.#patch(changes, now, expiresAt, record.data.has(this.options.userKey)))
     } catch (err) {
       throw unavailable(err)
     }
@@ -275,8 +275,8 @@ export class SessionManager {
     if (updated && (session.renew || this.options.cookie.maxAge !== undefined)) this.#setCookie(reply, request, session.id)
   }
 
-  #patch (changes: Map<string, string | null> | null, lastSeenAt: number, expiresAt: number): SessionPatch {
-    if (changes === null) return { set: null, delete: null, lastSeenAt, expiresAt }
+  #patch (changes: Map<string, string | null> | null, lastSeenAt: number, expiresAt: number, owned: boolean): SessionPatch {
+    if (changes === null) return { set: null, delete: null, lastSeenAt, expiresAt, owned }
     let set: Map<string, string> | null = null
     let deleted: string[] | null = null
     let user: string | null | undefined
@@ -290,7 +290,7 @@ export class SessionManager {
       }
       if (key === this.options.userKey) user = json === null ? null : userOf(key, JSON.parse(json))
     }
-    return { set, delete: deleted, user, lastSeenAt, expiresAt }
+    return { set, delete: deleted, user, lastSeenAt, expiresAt, owned }
   }
 
   /** Sets the session cookie to the signed `id`, or clears it when `id` is `null`. */

@@ -101,6 +101,14 @@ export interface SessionPatch {
   readonly delete: readonly string[] | null
   /** The new owner; `undefined` leaves it as it is, `null` removes it. */
   readonly user?: string | null
+  /**
+   * Whether the record had an owner when the plugin read it, before this
+   * patch. A hint only (another request may have changed the owner since):
+   * a provider may pick a cheaper write for an unowned record, but must
+   * still keep its user index right when the hint turns out wrong.
+   * `undefined` when unknown.
+   */
+  readonly owned?: boolean
   /** The new `lastSeenAt` (epoch milliseconds). */
   readonly lastSeenAt: number
   /** The new `expiresAt` (epoch milliseconds). */

@@ -524,6 +524,21 @@ export function testProvider<P extends SessionProvider> (t: Test, options: Confo
       t.same(keysOf(await provider.listByUser!(user, [])), [key])
     })
 
+    t.test('a wrong owned hint changes nothing: the owner stays listed past the old deadline', noUsers, async (t) => {
+      const provider = await open(t)
+      const [owned, unowned] = [newKey(), newKey()]
+      const user = generateId()
+      const session = shortLived(user)
+      await provider.create(owned, session)
+      await provider.create(unowned, newSession([]))
+      t.equal(await provider.update(owned, patch({ set: new Map([['a', '1']]), owned: false })), true, 'an owned record hinted unowned')
+      t.equal(await provider.update(unowned, patch({ set: new Map([['a', '1']]), owned: true })), true, 'an unowned record hinted owned')
+      await waitPast(session.expiresAt)
+      t.same(keysOf(await provider.listByUser!(user, [])), [owned], 'listed with its new deadline')
+      t.equal(await provider.destroyByUser!(user), 1, 'and destroyByUser reaches it')
+      t.same((await provider.get(unowned))?.data, new Map([['a', '1']]))
+    })
+
     t.test('an update with user null removes the session from the index only', noUsers, async (t) => {
       const provider = await open(t)
       const key = newKey()

@@ -207,6 +207,19 @@ export class RedisConnection {
     }
   }
 
+  /**
+   * Runs `commands` as one MULTI … EXEC transaction, written together, and
+   * resolves with their replies; rejects with the first error among them.
+   */
+  async transaction (commands: ReadonlyArray<readonly string[]>): Promise<Reply[]> {
+    const queued = [this.send(['MULTI'])]
+    for (const command of commands) queued.push(this.send(command))
+    queued.push(this.send(['EXEC']))
+    const replies = (await Promise.all(queued))[queued.length - 1] as Reply[]
+    for (const reply of replies) if (reply instanceof RedisReplyError) throw reply
+    return replies
+  }
+
   /** Closes the connection; calls in flight and later calls fail. */
   close (): void {
     if (this.status === 'end') return

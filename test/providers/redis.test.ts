@@ -7,6 +7,8 @@ import { REDIS_URL, requireRedis } from '../fixtures/services.js'
 import { freePort, requireRedisServer, startRedisCluster, startRedisServer } from '../fixtures/redis-server.js'
 import { createRedisProvider, REDIS_PROVIDER, RedisProvider, type RedisProviderOptions } from '../../providers/redis.js'
 import { getProvider } from '../../lib/registry.js'
+import { build, cookieHeader, sessionCookie } from '../fixtures/app.js'
+import { testProvider } from '../../lib/testing.js'
 import type { NewSession, SessionPatch } from '../../lib/provider.js'
 
 const HOUR = 3_600_000
@@ -102,6 +104,17 @@ class Raw {
   }
 }
 
+/**
+ * The provider with every patch saying the record had no owner, as the
+ * plugin says of most records: updates take the MULTI path, and where the
+ * record has an owner after all, its repair.
+ */
+function hintingUnowned (provider: RedisProvider): RedisProvider {
+  const hinting = Object.create(provider) as RedisProvider
+  hinting.update = (key, fields) => provider.update(key, { owned: false, ...fields })
+  return hinting
+}
+
 /** Round trip, layout and write semantics, for any client and mode. */
 async function recordScenario (t: Test, provider: RedisProvider, raw: Raw): Promise<void> {
   await t.test('a record round-trips and is one hash with native expiry', async (t) => {
@@ -195,6 +208,22 @@ async function recordScenario (t: Test, provider: RedisProvider, raw: Raw): Prom
     t.equal(await provider.create(other, newSession(), key), false, 'create replacing it refuses')
     t.equal(await raw.exists(key), false, 'the expired one is dropped')
     t.equal(await raw.exists(other), false, 'nothing is created')
+  })
+
+  await t.test('a hash without createdAt is no record', async (t) => {
+    const key = newKey()
+    await raw.admin.hset(raw.hashKey(key), 's', Date.now(), 'e', Date.now() + HOUR, 'dn', '1')
+    await raw.admin.pexpire(raw.hashKey(key), HOUR)
+    t.equal(await provider.get(key), null)
+    t.equal(await provider.update(key, patch({ owned: false })), false)
+    t.equal(await raw.exists(key), false, 'an update drops it')
+  })
+
+  await t.test('a key that is not a hash fails a write with the Redis error', async (t) => {
+    const key = newKey()
+    await raw.admin.set(raw.hashKey(key), 'not a hash', 'PX', HOUR)
+    await t.rejects(provider.update(key, patch({ owned: false })), /WRONGTYPE/)
+    await t.rejects(provider.update(key, patch({ owned: true })), /WRONGTYPE/)
   })
 
   await t.test('any session key round-trips, metadata names and __proto__ included', async (t) => {
@@ -397,11 +426,22 @@ t.test('defaults', async (t) => {
 t.test('on the shared Redis', async (t) => {
   if (!await requireRedis(t)) return
 
+  testProvider(t, { name: 'redis', create: () => createRedisProvider({ url: REDIS_URL, prefix: newPrefix() }) })
+  testProvider(t, { name: 'redis, sharded', create: () => createRedisProvider({ url: REDIS_URL, prefix: newPrefix(), sharded: true }) })
+  testProvider(t, { name: 'redis, patches hinting no owner', create: () => hintingUnowned(createRedisProvider({ url: REDIS_URL, prefix: newPrefix() })) })
+
   t.test('unsharded (every write one atomic script)', async (t) => {
     const provider = open(t)
     const raw = new Raw(client(t), provider.prefix)
     await recordScenario(t, provider, raw)
     await userScenario(t, provider, raw)
+  })
+
+  t.test('unsharded, patches hinting no owner (a MULTI, repaired where wrong)', async (t) => {
+    const provider = open(t)
+    const raw = new Raw(client(t), provider.prefix)
+    await recordScenario(t, hintingUnowned(provider), raw)
+    await userScenario(t, hintingUnowned(provider), raw)
   })
 
   t.test('sharded on a standalone server (index kept beside the scripts)', async (t) => {
@@ -412,12 +452,21 @@ t.test('on the shared Redis', async (t) => {
     await userScenario(t, provider, raw)
   })
 
+  t.test('sharded, patches hinting no owner', async (t) => {
+    const provider = open(t, { sharded: true })
+    const raw = new Raw(client(t), provider.prefix)
+    await recordScenario(t, hintingUnowned(provider), raw)
+    await userScenario(t, hintingUnowned(provider), raw)
+  })
+
   t.test('an injected client with keyPrefix and db is used as it is', async (t) => {
     const injected = client(t, REDIS_URL, { keyPrefix: 'kp:', db: 3 })
     const provider = open(t, { client: injected })
     const raw = new Raw(client(t, REDIS_URL, { db: 3 }), `kp:${provider.prefix}`)
     await recordScenario(t, provider, raw)
     await userScenario(t, provider, raw)
+    await recordScenario(t, hintingUnowned(provider), raw)
+    await userScenario(t, hintingUnowned(provider), raw)
 
     const key = newKey()
     await provider.create(key, newSession([], { user: 'carol' }))
@@ -439,6 +488,7 @@ t.test('on the shared Redis', async (t) => {
         const raw = new Raw(client(t), provider.prefix)
         await recordScenario(t, provider, raw)
         await userScenario(t, provider, raw)
+        await recordScenario(t, hintingUnowned(provider), raw)
       })
     }
   })
@@ -504,7 +554,7 @@ async function timeToFail (t: Test, promise: Promise<unknown>): Promise<number> 
 }
 
 t.test('on a private redis-server', async (t) => {
-  t.test('each call is one command: get one HGETALL, a write one EVALSHA', async (t) => {
+  t.test('each call is one command: get one HGETALL, a write one EVALSHA or one MULTI', async (t) => {
     if (!requireRedisServer(t)) return
     const server = await startRedisServer(t)
     const provider = open(t, { url: server.url })
@@ -571,6 +621,25 @@ t.test('on a private redis-server', async (t) => {
       t.notOk(counted.has('eval'), `${name}: no fallback to EVAL`)
       t.comment(`${name}: script ran ${[...counted].filter(([command]) => command !== 'evalsha').map(([command, n]) => `${command}×${n}`).join(' ')}`)
     }
+
+    const unowned = newKey()
+    await provider.create(unowned, newSession([['n', '1'], ['m', '2']]))
+    const multi = await measure(() => provider.update(unowned, patch({ set: new Map([['n', '2']]), delete: ['m'], owned: false })))
+    t.strictSame(multi.sent, ['multi', 'hmget', 'hset', 'hdel', 'pexpireat', 'exec'], 'an update hinted unowned is one transaction')
+    t.strictSame(multi.counted, new Map([['multi', 1], ['hmget', 1], ['hset', 1], ['hdel', 1], ['pexpireat', 1], ['exec', 1]]), 'and no script')
+    t.strictSame((await provider.get(unowned))?.data, new Map([['n', '2']]))
+    const touch = await measure(() => provider.update(unowned, patch({ owned: false })))
+    t.strictSame(touch.sent, ['multi', 'hmget', 'hset', 'pexpireat', 'exec'], 'a touch of it too')
+
+    // the plugin's hint: an unowned session is written with MULTI, an owned one with the script
+    const app = await build(t, { provider: 'redis', providerOptions: { url: server.url } })
+    const visitor = sessionCookie(await app.inject({ method: 'POST', url: '/set/n', payload: '1', headers: { 'content-type': 'application/json' } })) as string
+    const visit = await measure(() => app.inject({ method: 'POST', url: '/set/n', payload: '2', headers: { 'content-type': 'application/json', ...cookieHeader(visitor) } }))
+    t.strictSame(visit.sent, ['hgetall', 'multi', 'hmget', 'hset', 'pexpireat', 'exec'], 'a visitor\'s write')
+    const user = sessionCookie(await app.inject({ method: 'POST', url: '/login', payload: { user: 'hal' }, headers: cookieHeader(visitor) })) as string
+    const owned = await measure(() => app.inject({ method: 'POST', url: '/set/n', payload: '3', headers: { 'content-type': 'application/json', ...cookieHeader(user) } }))
+    t.strictSame(owned.sent, ['hgetall', 'evalsha'], 'a logged-in user\'s write')
+    t.same((await app.inject({ url: '/get/n', headers: cookieHeader(user) })).json(), { value: 3 })
 
     await provider.create(a, newSession([], { user: 'gina' }))
     await provider.create(b, newSession([], { user: 'gina' }))
@@ -663,6 +732,8 @@ t.test('on a local Redis Cluster', async (t) => {
     const raw = new Raw(admin, provider.prefix)
     await recordScenario(t, provider, raw)
     await userScenario(t, provider, raw)
+    await recordScenario(t, hintingUnowned(provider), raw)
+    await userScenario(t, hintingUnowned(provider), raw)
     const slots = new Set(await Promise.all([newKey(), newKey(), newKey(), newKey()].map((key) => admin.cluster('KEYSLOT', raw.hashKey(key)))))
     t.ok(slots.size > 1, 'sessions are spread over slots')
   })
