@@ -473,7 +473,8 @@ export class RedisProvider implements SessionProvider {
    * land whatever became of the record, and the HMGET inside it tells what
    * that was. The rare outcomes are repaired afterwards:
    * - no record (destroyed meanwhile): the writes made a hash without `c`,
-   *   which no call treats as a record, and it is deleted;
+   *   which no call treats as a record, and it is deleted (should the
+   *   process die first, it expires at the deadline it was written with);
    * - a record past its `expiresAt` (Redis drops it within a millisecond):
    *   deleted as `destroy` would;
    * - an owner after all (another request logged in meanwhile): its index
