@@ -43,7 +43,7 @@ const write = (owned) => (key, i) => provider.update(key, {
 const kinds = [
   ['get (HGETALL)', (key) => provider.get(key)],
   ['update, no hint (UPDATE script)', write(undefined)],
-  ['update, hinted unowned (MULTI)', write(false)]
+  ['update, hinted unowned (lean script)', write(false)]
 ]
 
 console.log(`Redis CPU µs per call, ${CALLS} calls, ${CONCURRENCY} at a time`)
@@ -55,7 +55,7 @@ for (let round = 1; round <= Number(opts.rounds); round++) {
       while (next < CALLS) await call(key, next++)
     }))
     const spent = await redisCpuMicros() - before
-    console.log(`  round ${round}  ${name.padEnd(34)} ${(spent / CALLS).toFixed(2)}`)
+    console.log(`  round ${round}  ${name.padEnd(40)} ${(spent / CALLS).toFixed(2)}`)
   }
 }
 

@@ -128,11 +128,6 @@ function encode (args: readonly string[]): string {
   return out
 }
 
-const MULTI = encode(['MULTI'])
-const EXEC = encode(['EXEC'])
-
-function ignore (): void {}
-
 function failure (message: string, cause?: unknown): Error {
   return new Error(message, cause === undefined ? undefined : { cause })
 }
@@ -188,19 +183,18 @@ export class RedisConnection {
 
   /** Sends one command (`args[0]` its name) and resolves with its reply; an error reply rejects. */
   send (args: readonly string[]): Promise<Reply> {
-    return this.#call(encode(args), 0)
-  }
-
-  /**
-   * Runs `commands` as one MULTI … EXEC transaction, written together, and
-   * resolves with their replies; rejects with the first error among them.
-   */
-  async transaction (commands: ReadonlyArray<readonly string[]>): Promise<Reply[]> {
-    let encoded = MULTI
-    for (const command of commands) encoded += encode(command)
-    const replies = await this.#call(encoded + EXEC, commands.length + 1) as Reply[]
-    for (const reply of replies) if (reply instanceof RedisReplyError) throw reply
-    return replies
+    if (this.status === 'end') return Promise.reject(failure('Connection is closed.'))
+    if (this.#socket === null) {
+      if (Date.now() < this.#retryAt) {
+        return Promise.reject(failure(`Redis is unreachable: ${(this.#lastError as Error).message}`, this.#lastError))
+      }
+      this.#connect()
+    }
+    if (this.#handshaking) this.#held += encode(args)
+    else this.#queue(encode(args))
+    return new Promise((resolve, reject) => {
+      this.#pending.push({ resolve, reject })
+    })
   }
 
   /** Runs a script: EVALSHA, and EVAL when Redis does not know it (a restart, a SCRIPT FLUSH). */
@@ -218,33 +212,6 @@ export class RedisConnection {
     if (this.status === 'end') return
     this.status = 'end'
     this.#lost(failure('Connection is closed.'))
-  }
-
-  /**
-   * Sends encoded `commands` and resolves with the reply to the last. The
-   * `skipped` replies before it only matter when one is an error, which then
-   * rejects the call.
-   */
-  #call (commands: string, skipped: number): Promise<Reply> {
-    if (this.status === 'end') return Promise.reject(failure('Connection is closed.'))
-    if (this.#socket === null) {
-      if (Date.now() < this.#retryAt) {
-        return Promise.reject(failure(`Redis is unreachable: ${(this.#lastError as Error).message}`, this.#lastError))
-      }
-      this.#connect()
-    }
-    if (this.#handshaking) this.#held += commands
-    else this.#queue(commands)
-    return new Promise((resolve, reject) => {
-      if (skipped === 0) {
-        this.#pending.push({ resolve, reject })
-        return
-      }
-      let first: Error | null = null
-      const skip: Pending = { resolve: ignore, reject: (error) => { first ??= error } }
-      for (let i = 0; i < skipped; i++) this.#pending.push(skip)
-      this.#pending.push({ resolve, reject: (error) => reject(first ?? error) })
-    })
   }
 
   #queue (commands: string): void {

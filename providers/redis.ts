@@ -87,9 +87,6 @@ type RedisClient = Redis | Cluster
  * and this keeps every write one atomic round trip. A standalone server
  * allows it; a Cluster refuses keys of another node, hence `sharded`, where
  * each script touches nothing but KEYS[1].
- *
- * The one write that needs no script is the most common: a record that had
- * no owner when the request read it and keeps none (see `updateUnowned`).
  */
 const PRELUDE = `
 local now = tonumber(ARGV[1])
@@ -259,7 +256,7 @@ settle(index)
 return removed
 `)
 
-/** KEYS[1] a user's index; ARGV 4 member, 5 deadline, or '' to remove. */
+/** Sharded only: KEYS[1] a user's index; ARGV 4 member, 5 deadline, or '' to remove. */
 const INDEX = new RedisScript(PRELUDE + `
 if ARGV[5] == '' then
   redis.call('ZREM', KEYS[1], ARGV[4])
@@ -270,7 +267,33 @@ settle(KEYS[1])
 return 1
 `)
 
-const SCRIPTS = { CREATE_FRESH, CREATE, UPDATE, DESTROY, DESTROY_BY_USER, INDEX }
+/*
+ * The most common write: a change or touch of a record that had no owner
+ * when the request read it and keeps none. Applies it only when the record
+ * is live and still has no owner, and answers 1; otherwise answers 0 and
+ * UPDATE decides (missing, expired, or an owner whose index must follow).
+ * No prelude, for the reason CREATE_FRESH has none. ARGV 1 now,
+ * 2 lastSeenAt, 3 expiresAt, 4 deadline, 5 how many ARGV hold fields to
+ * set, then field, value pairs, then fields to delete.
+ */
+const UPDATE_UNOWNED = new RedisScript(`
+local key = KEYS[1]
+local current = redis.call('HMGET', key, 'e', 'u')
+if not current[1] or current[2] or tonumber(current[1]) <= tonumber(ARGV[1]) then return 0 end
+local setEnd = 5 + tonumber(ARGV[5])
+local direct = math.min(setEnd, 105)
+redis.call('HSET', key, 's', ARGV[2], 'e', ARGV[3], unpack(ARGV, 6, direct))
+for i = direct + 1, setEnd, 100 do
+  redis.call('HSET', key, unpack(ARGV, i, math.min(i + 99, setEnd)))
+end
+for i = setEnd + 1, #ARGV, 100 do
+  redis.call('HDEL', key, unpack(ARGV, i, math.min(i + 99, #ARGV)))
+end
+redis.call('PEXPIREAT', key, ARGV[4])
+return 1
+`)
+
+const SCRIPTS = { CREATE_FRESH, CREATE, UPDATE_UNOWNED, UPDATE, DESTROY, DESTROY_BY_USER, INDEX }
 
 /** What the provider needs of a connection: single commands and script runs. */
 interface Commands {
@@ -278,8 +301,6 @@ interface Commands {
   send: (args: string[]) => Promise<unknown>
   /** A script on one key. */
   run: (script: RedisScript, key: string, args: string[]) => Promise<unknown>
-  /** Commands in one MULTI … EXEC; resolves with their replies, rejects with the first error among them. */
-  transaction: (commands: string[][]) => Promise<unknown[]>
 }
 
 /**
@@ -308,15 +329,6 @@ class IoredisCommands implements Commands {
   run (script: RedisScript, key: string, args: string[]): Promise<unknown> {
     const command = this.#names.get(script) as string
     return (this.#client as unknown as Record<string, (...args: string[]) => Promise<unknown>>)[command](key, ...args)
-  }
-
-  async transaction (commands: string[][]): Promise<unknown[]> {
-    // a batch names ioredis methods; `call` takes any command
-    const results = await this.#client.multi(commands.map((command) => ['call', ...command])).exec() as Array<[Error | null, unknown]>
-    return results.map(([error, reply]) => {
-      if (error !== null) throw error
-      return reply
-    })
   }
 }
 
@@ -411,9 +423,8 @@ export class RedisProvider implements SessionProvider {
       else if (field === 'e') expiresAt = Number(value)
       else if (field.startsWith(DATA)) data.set(field.slice(DATA.length), value)
     }
-    // NaN (no hash) fails the comparison too; a hash without `c` is what an
-    // update of a vanished record leaves for a moment (see updateUnowned)
-    if (!(expiresAt > Date.now()) || Number.isNaN(createdAt)) return null
+    // NaN (no hash) fails the comparison too
+    if (!(expiresAt > Date.now())) return null
     return { data, createdAt, lastSeenAt, expiresAt }
   }
 
@@ -449,7 +460,7 @@ export class RedisProvider implements SessionProvider {
 
   async update (key: string, patch: SessionPatch): Promise<boolean> {
     const until = deadline(patch.expiresAt)
-    if (patch.owned === false && patch.user === undefined) return await this.updateUnowned(key, patch, until)
+    if (patch.owned === false && patch.user === undefined && await this.updateUnowned(key, patch, until)) return true
     const args = this.head(key)
     const owner = patch.user === undefined ? '=' : patch.user === null ? '-' : 's'
     args.push(String(patch.lastSeenAt), String(patch.expiresAt), until, owner, patch.user ?? '', '0')
@@ -467,38 +478,18 @@ export class RedisProvider implements SessionProvider {
   }
 
   /**
-   * The common write, a record without an owner that keeps none, as one
-   * MULTI of plain commands: Redis spends about half the CPU of the UPDATE
-   * script on it. A transaction cannot make its writes conditional, so they
-   * land whatever became of the record, and the HMGET inside it tells what
-   * that was. The rare outcomes are repaired afterwards:
-   * - no record (destroyed meanwhile): the writes made a hash without `c`,
-   *   which no call treats as a record, and it is deleted (should the
-   *   process die first, it expires at the deadline it was written with);
-   * - a record past its `expiresAt` (Redis drops it within a millisecond):
-   *   deleted as `destroy` would;
-   * - an owner after all (another request logged in meanwhile): its index
-   *   entry gets the new deadline.
+   * The lean write for a record the plugin read without an owner; `false`
+   * when it did not apply (the record is gone, expired, or has an owner
+   * after all) and the general script must decide.
    */
   private async updateUnowned (key: string, patch: SessionPatch, until: string): Promise<boolean> {
-    const now = Date.now()
-    const record = this.sessionKey(key)
-    const set = ['HSET', record, 's', String(patch.lastSeenAt), 'e', String(patch.expiresAt)]
-    if (patch.set !== null) for (const [name, json] of patch.set) set.push(DATA + name, json)
-    const commands = [['HMGET', record, 'c', 'e', 'u'], set]
-    if (patch.delete !== null) commands.push(['HDEL', record, ...patch.delete.map((name) => DATA + name)])
-    commands.push(['PEXPIREAT', record, until])
-    const [[createdAt, expiresAt, owner]] = await this.commands.transaction(commands) as [[string | null, string | null, string | null]]
-    if (createdAt === null) {
-      await this.commands.send(['DEL', record])
-      return false
+    const args = [String(Date.now()), String(patch.lastSeenAt), String(patch.expiresAt), until, '0']
+    if (patch.set !== null) {
+      for (const [name, json] of patch.set) args.push(DATA + name, json)
+      args[4] = String(args.length - 5)
     }
-    if (!(Number(expiresAt) > now)) {
-      await this.destroy(key)
-      return false
-    }
-    if (owner !== null) await this.index(owner, key, until)
-    return true
+    if (patch.delete !== null) for (const name of patch.delete) args.push(DATA + name)
+    return Number(await this.commands.run(UPDATE_UNOWNED, this.sessionKey(key), args)) === 1
   }
 
   async destroy (key: string): Promise<boolean> {
@@ -588,7 +579,7 @@ export class RedisProvider implements SessionProvider {
     await Promise.all(moves)
   }
 
-  /** Adds (with a deadline) or removes (with '') a user's index entry, apart from the record's own write. */
+  /** Sharded only: adds (with a deadline) or removes (with '') a user's index entry. */
   private index (user: string, key: string, until: string): Promise<unknown> {
     const args = this.head(key)
     args.push(until)

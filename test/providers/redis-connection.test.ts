@@ -171,23 +171,8 @@ t.test('while nothing listens: the first call fails at once, calls fail without 
   await t.rejects(redis.send(['PING']), /unreachable/, 'and the delay has grown')
 })
 
-t.test('a transaction lost midway fails with the loss', async (t) => {
-  const server = await scripted(t, [(socket) => socket.end('+OK\r\n+QUEUED\r\n')])
-  await t.rejects(open(t, server.url).transaction([['SET', 'k', 'v']]), /connection lost: closed by the server/)
-})
-
 t.test('against real Redis', async (t) => {
   if (!await requireRedis(t)) return
-
-  t.test('a transaction answers its replies, or the first error among them', async (t) => {
-    const key = `conn-test-multi-${process.pid}`
-    const redis = open(t, REDIS_URL)
-    t.strictSame(await redis.transaction([['SET', key, 'v', 'PX', '60000'], ['GET', key]]), ['OK', 'v'])
-    await t.rejects(redis.transaction([['DEL', key], ['HSET', key]]), /wrong number of arguments/, 'refused while queued: EXEC aborts')
-    t.equal(await redis.send(['GET', key]), 'v', 'and nothing ran')
-    await t.rejects(redis.transaction([['HSET', key, 'f', 'v'], ['DEL', key]]), /WRONGTYPE/, 'failed while running')
-    t.equal(await redis.send(['GET', key]), null, 'the rest ran')
-  })
 
   t.test('the database in the url, and none for /0', async (t) => {
     const url = new URL(REDIS_URL)
