@@ -84,7 +84,8 @@ type RedisClient = Redis | Cluster
  * Unsharded, a script reaches the user indexes and the record under
  * `replaces` through keys it builds from that prefix instead of receiving
  * them in KEYS: the former owner of a record is only known inside the script,
- * and this keeps every write one atomic round trip. A standalone server
+ * and this keeps every write atomic in one script call (a lean script that
+ * finds its condition unmet hands over to a second). A standalone server
  * allows it; a Cluster refuses keys of another node, hence `sharded`, where
  * each script touches nothing but KEYS[1].
  */
@@ -367,7 +368,7 @@ function deadline (expiresAt: number): string {
 
 /**
  * Sessions in Redis hashes with native expiry, written by Lua scripts so that
- * every write is one atomic round trip (see the layout above).
+ * every write is atomic (see the layout above).
  */
 export class RedisProvider implements SessionProvider {
   /** The ioredis client handed in, or the provider's own connection made from `url`. */
