@@ -361,6 +361,20 @@ function ownConnection (url: unknown, tls: ConnectionOptions | undefined): Redis
   return new RedisConnection(url, { tls })
 }
 
+/**
+ * Appends a patch's changes as the update scripts take them: how many
+ * arguments follow that hold fields to set, those field, value pairs, then
+ * the fields to delete.
+ */
+function pushChanges (args: string[], patch: SessionPatch): void {
+  const count = args.push('0') - 1
+  if (patch.set !== null) {
+    for (const [name, json] of patch.set) args.push(DATA + name, json)
+    args[count] = String(args.length - count - 1)
+  }
+  if (patch.delete !== null) for (const name of patch.delete) args.push(DATA + name)
+}
+
 /** The PEXPIREAT argument and index score for a deadline: whole milliseconds, never early. */
 function deadline (expiresAt: number): string {
   return String(Math.ceil(expiresAt))
@@ -464,12 +478,8 @@ export class RedisProvider implements SessionProvider {
     if (patch.owned === false && patch.user === undefined && await this.updateUnowned(key, patch, until)) return true
     const args = this.head(key)
     const owner = patch.user === undefined ? '=' : patch.user === null ? '-' : 's'
-    args.push(String(patch.lastSeenAt), String(patch.expiresAt), until, owner, patch.user ?? '', '0')
-    if (patch.set !== null) {
-      for (const [name, json] of patch.set) args.push(DATA + name, json)
-      args[9] = String(args.length - 10)
-    }
-    if (patch.delete !== null) for (const name of patch.delete) args.push(DATA + name)
+    args.push(String(patch.lastSeenAt), String(patch.expiresAt), until, owner, patch.user ?? '')
+    pushChanges(args, patch)
     const [updated, previous] = await this.write(this.commands.run(UPDATE, this.sessionKey(key), args))
     if (this.sharded) {
       const next = !updated ? null : patch.user === undefined ? previous : patch.user
@@ -484,12 +494,8 @@ export class RedisProvider implements SessionProvider {
    * after all) and the general script must decide.
    */
   private async updateUnowned (key: string, patch: SessionPatch, until: string): Promise<boolean> {
-    const args = [String(Date.now()), String(patch.lastSeenAt), String(patch.expiresAt), until, '0']
-    if (patch.set !== null) {
-      for (const [name, json] of patch.set) args.push(DATA + name, json)
-      args[4] = String(args.length - 5)
-    }
-    if (patch.delete !== null) for (const name of patch.delete) args.push(DATA + name)
+    const args = [String(Date.now()), String(patch.lastSeenAt), String(patch.expiresAt), until]
+    pushChanges(args, patch)
     return Number(await this.commands.run(UPDATE_UNOWNED, this.sessionKey(key), args)) === 1
   }
 
