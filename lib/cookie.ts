@@ -61,6 +61,13 @@ export class VerifiedCookies {
   readonly #signer: CookieSigner
   readonly #capacity: number
   readonly #verified = new Map<string, VerifiedCookie>()
+  /**
+   * One cursor over the cache, kept between evictions: a fresh `keys()`
+   * iterator would step over every slot already deleted at the front of the
+   * table, microseconds per new cookie once the cache is full. Entries only
+   * join at the back, so the cursor never runs dry while the cache is full.
+   */
+  #evictor: Iterator<string> | null = null
   /** `verify` as a function value, made once and handed to `findCookie` on every request. */
   readonly verify: (value: string) => VerifiedCookie | null
 
@@ -75,7 +82,10 @@ export class VerifiedCookies {
     if (known !== undefined) return known
     const verified = this.#signer.verify(value)
     if (verified === null) return null
-    if (this.#verified.size >= this.#capacity) this.#verified.delete(this.#verified.keys().next().value as string)
+    if (this.#verified.size >= this.#capacity) {
+      if (this.#evictor === null) this.#evictor = this.#verified.keys()
+      this.#verified.delete(this.#evictor.next().value as string)
+    }
     this.#verified.set(value, verified)
     return verified
   }

@@ -53,3 +53,25 @@ t.test('verified cookies are remembered up to a capacity, oldest out first, and 
   t.not(cookies.verify(a), first, 'a was evicted and verified afresh')
   t.same(cookies.verify(a), first)
 })
+
+t.test('the verified-cookie cache stays first in, first out through many evictions', async (t) => {
+  const signer = new CookieSigner([SECRET])
+  const cookies = new VerifiedCookies(signer, 3)
+  const values = Array.from({ length: 40 }, () => signer.sign(generateId()))
+  const answers: Array<ReturnType<typeof cookies.verify>> = []
+  const forgotten: number[] = []
+  for (let i = 0; i < values.length; i++) {
+    answers.push(cookies.verify(values[i]))
+    // a hit answers the remembered object and does not reorder the cache
+    for (let back = 1; back <= Math.min(i, 2); back++) {
+      if (cookies.verify(values[i - back]) !== answers[i - back]) forgotten.push(i - back)
+    }
+  }
+  t.same(forgotten, [], 'the two before the newest are always still remembered')
+  const last = values.length - 1
+  const again = cookies.verify(values[last - 3])
+  t.not(again, answers[last - 3], 'the fourth newest was evicted and verified afresh')
+  t.same(again, answers[last - 3])
+  t.not(cookies.verify(values[last - 2]), answers[last - 2], 'and bringing it back evicted the oldest one held')
+  t.equal(cookies.verify(values[last]), answers[last], 'the newest is untouched')
+})
