@@ -119,7 +119,10 @@ export function markdown (results) {
   }
   // At the end the bench's own two processes count in the load average; at the start they do not run yet.
   if (machine.loadavgStart[0] > Number(machine.nproc) * 0.5 || starved.length > 0) {
-    push('> **The machine was busy with other work during this run** (load average at the start, starved cells above). Other processes share both cores, so req/s and p99 are noisy; the server CPU µs per request and the "CPU ratio" (bare Fastify µs ÷ implementation µs) are the steadier figures. Ranges show the spread of per-round ratios.', '')
+    const signs = []
+    if (machine.loadavgStart[0] > Number(machine.nproc) * 0.5) signs.push(`a 1-minute load average of ${machine.loadavgStart[0].toFixed(2)} at the start, which also counts any work that ended just before`)
+    if (starved.length > 0) signs.push('the starved cells above')
+    push(`> **The machine may have been busy with other work during this run** (${signs.join('; ')}). Other processes share both cores, so req/s and p99 are noisy; the server CPU µs per request and the "CPU ratio" (bare Fastify µs ÷ implementation µs) are the steadier figures. Ranges show the spread of per-round ratios.`, '')
   }
 
   push('## Throughput: req/s as a ratio to bare Fastify', '')
