@@ -118,11 +118,11 @@ export function markdown (results) {
     push(`> In ${starved.length} of ${results.cells.filter((c) => c.impl === 'baseline').length} bare Fastify cells the server got less than 80% of its core (${starved.map((c) => `round ${c.round} \`${c.route}\` ${Math.round(c.serverCpuShare * 100)}%`).join(', ')}): other processes were running on it. Ratios of those rounds are distorted (in the implementations' favour when the baseline was starved); medians over rounds damp this, the CPU-per-request figures much more so.`, '')
   }
   // At the end the bench's own two processes count in the load average; at the start they do not run yet.
-  if (machine.loadavgStart[0] > Number(machine.nproc) * 0.5 || starved.length > 0) {
-    const signs = []
-    if (machine.loadavgStart[0] > Number(machine.nproc) * 0.5) signs.push(`a 1-minute load average of ${machine.loadavgStart[0].toFixed(2)} at the start, which also counts any work that ended just before`)
-    if (starved.length > 0) signs.push('the starved cells above')
-    push(`> **The machine may have been busy with other work during this run** (${signs.join('; ')}). Other processes share both cores, so req/s and p99 are noisy; the server CPU µs per request and the "CPU ratio" (bare Fastify µs ÷ implementation µs) are the steadier figures. Ranges show the spread of per-round ratios.`, '')
+  const busySigns = []
+  if (machine.loadavgStart[0] > Number(machine.nproc) * 0.5) busySigns.push(`a 1-minute load average of ${machine.loadavgStart[0].toFixed(2)} at the start, which also counts any work that ended just before`)
+  if (starved.length > 0) busySigns.push('the starved cells above')
+  if (busySigns.length > 0) {
+    push(`> **The machine may have been busy with other work during this run** (${busySigns.join('; ')}). Other processes share both cores, so req/s and p99 are noisy; the server CPU µs per request and the "CPU ratio" (bare Fastify µs ÷ implementation µs) are the steadier figures. Ranges show the spread of per-round ratios.`, '')
   }
 
   push('## Throughput: req/s as a ratio to bare Fastify', '')
