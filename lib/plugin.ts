@@ -62,13 +62,6 @@ async function fastifySessions (fastify: FastifyInstance, options: SessionPlugin
   fastify.decorate('sessions', manager)
   fastify.decorateRequest('session', null as unknown as Session)
 
-  // request.routeOptions builds a fresh object on every read, so it is only
-  // consulted once some route has opted out.
-  let someRouteOptsOut = false
-  fastify.addHook('onRoute', function markSessionOptOut (route) {
-    if (route.config?.session === false) someRouteOptsOut = true
-  })
-
   function loadFailed (request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction, err: Error): void {
     manager.warn(request.log, err, 'loading the session')
     if (resolved.onStoreError === 'continue') {
@@ -96,7 +89,7 @@ async function fastifySessions (fastify: FastifyInstance, options: SessionPlugin
   }
 
   fastify.addHook('onRequest', function loadSession (request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction) {
-    if (someRouteOptsOut && request.routeOptions.config.session === false) {
+    if (request.routeOptions.config.session === false) {
       done()
       return
     }

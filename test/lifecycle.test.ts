@@ -1,4 +1,6 @@
 import t from 'tap'
+import Fastify from 'fastify'
+import sessions from '../index.js'
 import { storeKey } from '../lib/id.js'
 import { CookieSigner } from '../lib/cookie.js'
 import { build, cookieHeader, sessionCookie, setCookies, SECRET } from './fixtures/app.js'
@@ -268,6 +270,24 @@ t.test('routes with config.session false neither load nor save', async (t) => {
   t.equal(provider.calls.length, 0)
   const other = await app.inject({ url: '/get/views', headers: cookieHeader(sessionCookie(login) as string) })
   t.same(other.json(), { value: 1 }, 'other routes still load')
+})
+
+t.test('config.session false also holds for a route declared before the plugin is registered', async (t) => {
+  const provider = new RecordingProvider()
+  const app = Fastify()
+  app.get('/health', { config: { session: false } }, async (request) => ({ session: request.session }))
+  await app.register(sessions, { secret: SECRET, provider })
+  app.post('/set', async (request) => {
+    request.session.set('views', 1)
+    return {}
+  })
+  t.teardown(() => app.close())
+  const login = await app.inject({ method: 'POST', url: '/set' })
+  provider.calls.length = 0
+  const res = await app.inject({ url: '/health', headers: cookieHeader(sessionCookie(login) as string) })
+  t.same(res.json(), { session: null })
+  t.same(setCookies(res), [])
+  t.equal(provider.calls.length, 0, 'the store is not asked')
 })
 
 t.test('changes are persisted before the response leaves, so the request after a redirect sees them', async (t) => {
