@@ -170,7 +170,10 @@ export class Session {
     this.#flags |= REGENERATED
   }
 
-  /** Deletes the session in the store and clears the cookie on this response (logout). */
+  /**
+   * Deletes the session in the store and clears the cookie on this response
+   * (logout). Afterwards the session reads as empty and refuses changes.
+   */
   async destroy (): Promise<void> {
     if (this.#flags & DESTROYED) return
     const key = this.#previousKey ?? (this.#record !== null ? this.key : null)
@@ -178,6 +181,8 @@ export class Session {
     // logout must not clear the cookie of a session that is still alive.
     if (key !== null) await this.#manager.destroyKey(key)
     this.#flags |= DESTROYED
+    // later reads on this request see what the store now holds: nothing
+    this.#record = null
     this.#objects = null
     this.#pending = null
   }

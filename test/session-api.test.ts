@@ -172,6 +172,20 @@ t.test('a destroyed session refuses changes with a coded error, and destroying t
   t.match(setCookies(res)[0], /Max-Age=0/)
 })
 
+t.test('after destroy() the rest of the request reads an empty session', async (t) => {
+  const app = await build(t)
+  app.post('/after', async (request) => {
+    request.session.set('pending', true)
+    await request.session.destroy()
+    const { session } = request
+    return { userId: session.get('userId') ?? null, has: session.has('userId'), keys: session.keys(), isNew: session.isNew }
+  })
+  const login = await app.inject({ method: 'POST', url: '/login', payload: { user: 'alice' } })
+  const res = await app.inject({ method: 'POST', url: '/after', headers: cookieHeader(sessionCookie(login) as string) })
+  t.same(res.json(), { userId: null, has: false, keys: [], isNew: true })
+  t.match(setCookies(res)[0], /Max-Age=0/)
+})
+
 t.test('regenerate() then destroy() in one request ends the old record', async (t) => {
   const provider = new RecordingProvider()
   const app = await build(t, { provider })
