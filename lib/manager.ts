@@ -120,9 +120,17 @@ export class SessionManager {
     return createHmac('sha256', this.#handleKey).update(key).digest('base64url').slice(0, HANDLE_LENGTH)
   }
 
-  /** @internal A new, empty session. */
-  empty (): Session {
-    return new Session(this, null, null, null, Date.now(), false)
+  /**
+   * @internal The session a request gets when loading failed and
+   * `onStoreError` is `'continue'`: empty and never saved, standing in for
+   * the one its cookie names so that `destroy()` can still end it.
+   */
+  unloaded (request: FastifyRequest, err: Error): Session {
+    // a store is only ever asked about a verified cookie, so one is there
+    const cookie = this.#store === null ? null : findCookie(request.headers.cookie as string, this.options.cookieName, this.#cookies.verify)
+    const session = new Session(this, null, null, null, Date.now(), false)
+    session.standIn(cookie?.key ?? null, err)
+    return session
   }
 
   /** @internal The deadline of a session created at `createdAt`, used at `now`. */
@@ -169,6 +177,7 @@ export class SessionManager {
       this.#setCookie(reply, request, null)
       return
     }
+    if (session.unloaded) return
     const changes = session.changes()
     if (this.#sealer !== null) {
       this.#seal(this.#sealer, session, changes, request, reply)

@@ -65,9 +65,7 @@ async function fastifySessions (fastify: FastifyInstance, options: SessionPlugin
   function loadFailed (request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction, err: Error): void {
     manager.warn(request.log, err, 'loading the session')
     if (resolved.onStoreError === 'continue') {
-      const empty = manager.empty()
-      empty.saved = true
-      request.session = empty
+      request.session = manager.unloaded(request, err)
       done()
       return
     }

@@ -1,4 +1,4 @@
-import { FST_SESSION_DESTROYED, FST_SESSION_INVALID_USER, FST_SESSION_TOO_LARGE } from './errors.js'
+import { FST_SESSION_DESTROYED, FST_SESSION_INVALID_USER, FST_SESSION_STORE_UNAVAILABLE, FST_SESSION_TOO_LARGE } from './errors.js'
 import { generateId, storeKey } from './id.js'
 import { entrySize, toJson } from './json.js'
 import type { StoredSession } from './provider.js'
@@ -40,8 +40,10 @@ export class Session {
   #objects: Map<string, unknown> | null = null
   /** Keys changed on this request: their new JSON text, or `null` once deleted. */
   #pending: Map<string, string | null> | null = null
-  /** The key of the record `regenerate()` moves away from. */
+  /** The key of the record `regenerate()` moves away from, or the one a failed load was for. */
   #previousKey: string | null = null
+  /** Why the store could not load the session this one stands in for (`onStoreError: 'continue'`). */
+  #loadError: Error | null = null
   #flags = 0
   /** Epoch milliseconds when the session was created. */
   readonly createdAt: number
@@ -189,9 +191,26 @@ export class Session {
 
   /** Ends every other session of this session's user; answers how many ended. */
   async destroyOtherSessions (): Promise<number> {
+    // the user is unknown while the session is: ending none would look like success
+    if (this.#loadError !== null) throw new FST_SESSION_STORE_UNAVAILABLE('the session could not be loaded on this request', { cause: this.#loadError })
     const user = this.get(this.#manager.options.userKey)
     if (user === undefined || user === null) return 0
     return this.#manager.destroyUserSessions(user, { except: this })
+  }
+
+  /**
+   * @internal Makes this empty session the stand-in for the one under `key`
+   * that the store failed to load: it is never saved, but `destroy()` still
+   * ends the stored session (or rejects while the store is down).
+   */
+  standIn (key: string | null, err: Error): void {
+    this.#previousKey = key
+    this.#loadError = err
+  }
+
+  /** @internal Whether this session stands in for one the store failed to load. */
+  get unloaded (): boolean {
+    return this.#loadError !== null
   }
 
   /** @internal Whether `destroy()` was called. */

@@ -110,6 +110,49 @@ t.test('a logout whose store call fails answers 503: the user is not told a live
   t.equal(provider.memory.size, 0)
 })
 
+t.test("onStoreError 'continue': a logout on a request whose load failed still ends the session, or answers 503", async (t) => {
+  const provider = new FailingProvider()
+  const app = await build(t, { provider, onStoreError: 'continue' })
+  app.post('/logout-others', async (request) => ({ ended: await request.session.destroyOtherSessions() }))
+  const login = await app.inject({ method: 'POST', url: '/login', payload: { user: 'alice' } })
+  const cookie = sessionCookie(login) as string
+  provider.mode = 'throw'
+  const down = await app.inject({ method: 'POST', url: '/logout', headers: cookieHeader(cookie) })
+  t.equal(down.statusCode, 503, 'not reported as logged out')
+  t.equal(down.json().code, 'FST_SESSION_STORE_UNAVAILABLE')
+  t.notMatch(setCookies(down).join(), /Max-Age=0/)
+  const others = await app.inject({ method: 'POST', url: '/logout-others', headers: cookieHeader(cookie) })
+  t.equal(others.statusCode, 503, 'ending the other sessions of an unknown user is not reported as ending none')
+  t.equal(others.json().code, 'FST_SESSION_STORE_UNAVAILABLE')
+  provider.mode = 'ok'
+  t.same((await app.inject({ url: '/get/userId', headers: cookieHeader(cookie) })).json(), { value: 'alice' }, 'the session is still alive')
+
+  const realGet = provider.get.bind(provider)
+  provider.get = () => Promise.reject(new Error('read timed out'))
+  const loadFailed = await app.inject({ method: 'POST', url: '/logout', headers: cookieHeader(cookie) })
+  provider.get = realGet
+  t.equal(loadFailed.statusCode, 200)
+  t.match(setCookies(loadFailed)[0], /^sessionid=; .*Max-Age=0/, 'the cookie is cleared')
+  t.equal(provider.memory.size, 0, 'the session the cookie named is gone from the store')
+  t.same((await app.inject({ url: '/get/userId', headers: cookieHeader(cookie) })).json(), { value: null })
+})
+
+t.test("onStoreError 'continue' with a stateless provider that fails to open: an empty session, and logout clears the cookie", async (t) => {
+  const failing = {
+    stateless: true as const,
+    seal: () => 'sealed',
+    open: (): never => { throw new Error('key ring unreadable') }
+  }
+  const app = await build(t, { provider: failing, onStoreError: 'continue' })
+  const read = await app.inject({ url: '/get/a', headers: cookieHeader('sealed') })
+  t.equal(read.statusCode, 200)
+  t.same(read.json(), { value: null })
+  t.same(setCookies(read), [])
+  const logout = await app.inject({ method: 'POST', url: '/logout', headers: cookieHeader('sealed') })
+  t.equal(logout.statusCode, 200)
+  t.match(setCookies(logout)[0], /^sessionid=; .*Max-Age=0/)
+})
+
 t.test('a failing sweep is logged at warn and the timer goes on', async (t) => {
   const provider = new FailingProvider()
   const { logs, logger } = captureLogs()
