@@ -1,3 +1,4 @@
+import { Readable } from 'node:stream'
 import fastifyCookie from '@fastify/cookie'
 import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyReply, FastifyRequest, HookHandlerDoneFunction } from 'fastify'
@@ -74,6 +75,7 @@ async function fastifySessions (fastify: FastifyInstance, options: SessionPlugin
 
   function saveFailed (request: FastifyRequest, reply: FastifyReply, payload: unknown, done: OnSendDone, err: Error): void {
     if (!isStoreFailure(err)) {
+      discard(payload)
       done(err)
       return
     }
@@ -82,6 +84,7 @@ async function fastifySessions (fastify: FastifyInstance, options: SessionPlugin
       done(null, payload)
       return
     }
+    discard(payload)
     reply.code(503).header('content-type', 'application/json; charset=utf-8')
     done(null, JSON.stringify(errorBody(err)))
   }
@@ -146,6 +149,15 @@ async function fastifySessions (fastify: FastifyInstance, options: SessionPlugin
       await provider.close?.()
     })
   }
+}
+
+/**
+ * Closes a stream payload that will not be sent, as nobody else will: Fastify
+ * only ends the streams it pipes, and an unread file stream holds its file
+ * descriptor open.
+ */
+function discard (payload: unknown): void {
+  if (payload instanceof Readable) payload.destroy()
 }
 
 /** Fastify's standard error JSON, sent as data so the failure is logged once, at warn level, rather than as a 5xx error. */

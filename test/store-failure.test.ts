@@ -1,5 +1,7 @@
 import t from 'tap'
+import { createReadStream, type ReadStream } from 'node:fs'
 import { Writable } from 'node:stream'
+import { fileURLToPath } from 'node:url'
 import { build, cookieHeader, sessionCookie, setCookies } from './fixtures/app.js'
 import { FailingProvider } from './fixtures/providers.js'
 
@@ -69,6 +71,35 @@ t.test('a failed save answers 503 and sets no cookie: nothing is reported saved 
   t.equal(warnings(logs).length, 1)
   t.match(warnings(logs)[0].msg, /while saving the session/)
   t.same(errors(logs), [])
+})
+
+t.test('a stream the handler returned is closed when its session cannot be saved, so no file descriptor is left open', async (t) => {
+  const provider = new FailingProvider()
+  const app = await build(t, { provider })
+  const streams: ReadStream[] = []
+  app.get('/file', async (request) => {
+    request.session.set('downloads', 1)
+    const stream = createReadStream(fileURLToPath(import.meta.url))
+    streams.push(stream)
+    return stream
+  })
+  app.get('/file-too-large', async (request) => {
+    const list: string[] = []
+    request.session.set('list', list)
+    list.push('x'.repeat(70_000))
+    const stream = createReadStream(fileURLToPath(import.meta.url))
+    streams.push(stream)
+    return stream
+  })
+  provider.mode = 'throw'
+  const unavailable = await app.inject('/file')
+  t.equal(unavailable.statusCode, 503)
+  t.equal(unavailable.json().code, 'FST_SESSION_STORE_UNAVAILABLE')
+  const tooLarge = await app.inject('/file-too-large')
+  t.equal(tooLarge.statusCode, 500)
+  t.equal(tooLarge.json().code, 'FST_SESSION_TOO_LARGE')
+  t.equal(streams.length, 2)
+  t.ok(streams.every((stream) => stream.destroyed), 'both streams were destroyed')
 })
 
 t.test("onStoreError 'continue' serves the request with an empty, unsaved session", async (t) => {
