@@ -170,7 +170,7 @@ export class CookieWriter {
     if (attributes.httpOnly) flags += '; HttpOnly'
     if (attributes.sameSite !== false) flags += '; SameSite=' + attributes.sameSite[0].toUpperCase() + attributes.sameSite.slice(1)
     const secureFlags = '; Secure' + (attributes.partitioned ? '; Partitioned' : '')
-    const maxAge = attributes.maxAge === undefined ? '' : '; Max-Age=' + Math.floor(attributes.maxAge)
+    const maxAge = attributes.maxAge === undefined ? '' : '; Max-Age=' + attributes.maxAge
     this.tail = common + maxAge + flags
     this.secureTail = this.tail + secureFlags
     const clear = common + '; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT' + flags

@@ -20,8 +20,9 @@ export interface SessionCookieOptions {
    */
   secure?: boolean | 'auto'
   /**
-   * Lifetime of the cookie in seconds. Absent: a browser-session cookie,
-   * gone when the browser closes (the server-side deadlines apply either way).
+   * Lifetime of the cookie in whole seconds (`Max-Age`). Absent: a
+   * browser-session cookie, gone when the browser closes (the server-side
+   * deadlines apply either way).
    * @default undefined
    */
   maxAge?: number
@@ -35,9 +36,10 @@ export interface SessionPluginBaseOptions {
    * One secret or several, each at least 32 characters. The first signs new
    * cookies; every one verifies, and a cookie verified by an older secret is
    * re-signed with the first on that response: deploy `[newSecret, oldSecret]`
-   * to rotate without logging anybody out.
+   * to rotate without logging anybody out. Required: `undefined` (an unset
+   * environment variable) fails registration with `FST_SESSION_INVALID_OPTION`.
    */
-  secret: string | readonly string[]
+  secret: string | readonly string[] | undefined
   /** Name of the session cookie. @default 'sessionid' */
   cookieName?: string
   /** Session cookie attributes. */
@@ -46,15 +48,17 @@ export interface SessionPluginBaseOptions {
   maxLifetime?: number
   /** Seconds from creation after which a session ends whatever its activity. @default 86400 */
   absoluteLifetime?: number
-  /** Seconds between sweeps, for providers that need them; 0 disables the timer. @default 60 */
+  /** Seconds between sweeps, for providers that need them; 0 disables the timer. At most 2147483 (24.8 days, Node's longest timer). @default 60 */
   gcInterval?: number
   /**
    * Seconds: a request that only reads refreshes the idle deadline in the
-   * store at most once per this interval, so reads cost no write.
+   * store at most once per this interval, so reads cost no write. Must be
+   * shorter than `maxLifetime`, or a session that is only read would expire
+   * before it is touched.
    * @default maxLifetime / 10
    */
   touchAfter?: number
-  /** Milliseconds each provider call may take before it counts as a store failure. @default 2000 */
+  /** Milliseconds each provider call may take before it counts as a store failure. At most 2147483647 (Node's longest timer). @default 2000 */
   storeTimeout?: number
   /**
    * What a request gets when the store fails or times out: `'fail'` answers
@@ -112,6 +116,8 @@ export interface ResolvedOptions {
 }
 
 const MIN_SECRET_LENGTH = 32
+/** Node fires a longer timer after 1 ms instead. */
+const MAX_TIMER_MS = 2 ** 31 - 1
 const COOKIE_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/
 const COOKIE_ATTRIBUTE = /^[\u0021-\u003A\u003C-\u007E]+$/
 
@@ -125,6 +131,12 @@ function seconds (name: string, value: unknown, fallback: number, allowZero = fa
     invalid(name, `expected a ${allowZero ? 'non-negative' : 'positive'} number of seconds`)
   }
   return value
+}
+
+/** Max-Age takes whole seconds; rounding 0.5 down would delete the cookie as it is set. */
+function wholeSeconds (name: string, value: unknown): number {
+  if (!Number.isSafeInteger(value) || (value as number) < 1) invalid(name, 'expected a whole number of seconds, at least 1')
+  return value as number
 }
 
 function oneOf<T> (name: string, value: unknown, allowed: readonly T[], fallback: T): T {
@@ -158,7 +170,7 @@ function resolveCookie (cookieName: string, cookie: SessionCookieOptions = {}): 
     httpOnly: oneOf('cookie.httpOnly', cookie.httpOnly, [true, false], true),
     sameSite: oneOf('cookie.sameSite', cookie.sameSite, ['lax', 'strict', 'none', false] as const, 'lax'),
     secure: oneOf('cookie.secure', cookie.secure, [true, false, 'auto'] as const, 'auto'),
-    maxAge: cookie.maxAge === undefined ? undefined : seconds('cookie.maxAge', cookie.maxAge, 0),
+    maxAge: cookie.maxAge === undefined ? undefined : wholeSeconds('cookie.maxAge', cookie.maxAge),
     partitioned: oneOf('cookie.partitioned', cookie.partitioned, [true, false], false)
   }
   if (attributes.sameSite === 'none' && attributes.secure === false) {
@@ -184,8 +196,11 @@ export function resolveOptions (options: SessionPluginBaseOptions): ResolvedOpti
   const maxLifetime = seconds('maxLifetime', options.maxLifetime, 3600)
   const absoluteLifetime = seconds('absoluteLifetime', options.absoluteLifetime, 86400)
   const touchAfter = seconds('touchAfter', options.touchAfter, maxLifetime / 10, true)
+  if (touchAfter >= maxLifetime) invalid('touchAfter', 'must be shorter than maxLifetime, or a session that is only read expires before it is touched')
   const storeTimeout = options.storeTimeout ?? 2000
-  if (typeof storeTimeout !== 'number' || !(storeTimeout > 0) || storeTimeout === Infinity) invalid('storeTimeout', 'expected a positive number of milliseconds')
+  if (typeof storeTimeout !== 'number' || !(storeTimeout > 0) || storeTimeout > MAX_TIMER_MS) invalid('storeTimeout', `expected a positive number of milliseconds, at most ${MAX_TIMER_MS}`)
+  const gcInterval = seconds('gcInterval', options.gcInterval, 60, true)
+  if (gcInterval * 1000 > MAX_TIMER_MS) invalid('gcInterval', `expected at most ${MAX_TIMER_MS / 1000} seconds`)
   const maxSessionSize = options.maxSessionSize ?? 65536
   if (!Number.isSafeInteger(maxSessionSize) || maxSessionSize < 2) invalid('maxSessionSize', 'expected a whole number of bytes, at least 2')
   const userKey = options.userKey ?? 'userId'
@@ -198,7 +213,7 @@ export function resolveOptions (options: SessionPluginBaseOptions): ResolvedOpti
     cookie: Object.freeze(resolveCookie(cookieName, options.cookie)),
     idleMs: maxLifetime * 1000,
     absoluteMs: absoluteLifetime * 1000,
-    gcIntervalMs: seconds('gcInterval', options.gcInterval, 60, true) * 1000,
+    gcIntervalMs: gcInterval * 1000,
     touchAfterMs: touchAfter * 1000,
     storeTimeout,
     onStoreError: oneOf('onStoreError', options.onStoreError, ['fail', 'continue'] as const, 'fail'),

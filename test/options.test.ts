@@ -29,6 +29,12 @@ t.test('registration fails with a coded error for each invalid option', async (t
     ['a string touchAfter', { touchAfter: '10' }],
     ['an infinite gcInterval', { gcInterval: Infinity }],
     ['a zero storeTimeout', { storeTimeout: 0 }],
+    ['a storeTimeout longer than Node can time', { storeTimeout: 2 ** 31 }],
+    ['a gcInterval longer than Node can time', { gcInterval: 30 * 86400 }],
+    ['a touchAfter as long as maxLifetime', { maxLifetime: 60, touchAfter: 60 }],
+    ['a touchAfter longer than the default maxLifetime', { touchAfter: 7200 }],
+    ['a cookie maxAge under a second', { cookie: { maxAge: 0.5 } }],
+    ['a fractional cookie maxAge', { cookie: { maxAge: 90.5 } }],
     ['an unknown onStoreError', { onStoreError: 'ignore' }],
     ['a fractional maxSessionSize', { maxSessionSize: 1.5 }],
     ['an empty userKey', { userKey: '' }],
@@ -53,6 +59,8 @@ t.test('valid edge options register', async (t) => {
   t.equal(await registrationError({ secret: SECRET, cookieName: '__Host-sid', cookie: { secure: true } }), null)
   t.equal(await registrationError({ secret: SECRET, cookieName: '__Secure-sid', cookie: { secure: true, sameSite: 'none' } }), null)
   t.equal(await registrationError({ secret: [SECRET], touchAfter: 0, gcInterval: 0, maxLifetime: 0.5, absoluteLifetime: 0.25 }), null)
+  t.equal(await registrationError({ secret: SECRET, storeTimeout: 2 ** 31 - 1, gcInterval: 2147483, cookie: { maxAge: 1 } }), null)
+  t.equal(await registrationError({ secret: SECRET, maxLifetime: 60, touchAfter: 59.9 }), null)
 })
 
 t.test('an unknown provider name fails registration with the import that fixes it', async (t) => {
