@@ -1,4 +1,4 @@
-import { FST_SESSION_DESTROYED, FST_SESSION_INVALID_USER, FST_SESSION_STORE_UNAVAILABLE, FST_SESSION_TOO_LARGE } from './errors.js'
+import { FST_SESSION_DESTROYED, FST_SESSION_INVALID_USER, FST_SESSION_NOT_SERIALIZABLE, FST_SESSION_STORE_UNAVAILABLE, FST_SESSION_TOO_LARGE } from './errors.js'
 import { generateId, storeKey } from './id.js'
 import { entrySize, toJson } from './json.js'
 import type { StoredSession } from './provider.js'
@@ -20,6 +20,13 @@ export interface SessionData {}
 export type SessionValue<Key extends string> = Key extends keyof SessionData ? SessionData[Key] : any
 
 const EMPTY: ReadonlyMap<string, string> = new Map()
+
+/**
+ * Half of a UTF-16 surrogate pair on its own: UTF-8 has no form for it, so a
+ * store that keeps text as UTF-8 (Redis, PostgreSQL, SQLite) would write
+ * U+FFFD instead, and two such keys would become one.
+ */
+const LONE_SURROGATE = /\p{Cs}/u
 
 const REGENERATED = 1
 const DESTROYED = 2
@@ -106,7 +113,8 @@ export class Session {
 
   /**
    * Stores `value` under `key` (`undefined` deletes the key). Throws
-   * `FST_SESSION_NOT_SERIALIZABLE` for what JSON cannot hold and
+   * `FST_SESSION_NOT_SERIALIZABLE` for what JSON cannot hold (and for a key
+   * with a lone surrogate, which no store keeps as it is) and
    * `FST_SESSION_TOO_LARGE` when the session would outgrow `maxSessionSize`.
    */
   set<Key extends string> (key: Key, value: SessionValue<Key>): void {
@@ -115,6 +123,7 @@ export class Session {
       return
     }
     this.#writable()
+    if (LONE_SURROGATE.test(key)) throw new FST_SESSION_NOT_SERIALIZABLE(key, 'the key holds a lone UTF-16 surrogate, which stores keeping UTF-8 cannot hold')
     const json = toJson(key, value)
     if (key === this.#manager.options.userKey) userOf(key, value)
     this.#change(key, json)
@@ -315,9 +324,14 @@ export class Session {
   }
 }
 
-/** The owner a value under the user key names: a string or a finite number, compared as a string. */
+/**
+ * The owner a value under the user key names: a string (well-formed Unicode,
+ * so that stores keeping UTF-8 tell owners apart) or a finite number,
+ * compared as a string.
+ */
 export function userOf (key: string, value: unknown): string | null {
   if (value === null || value === undefined) return null
-  if (typeof value === 'string' || (typeof value === 'number' && Number.isFinite(value))) return String(value)
+  if (typeof value === 'number' && Number.isFinite(value)) return String(value)
+  if (typeof value === 'string' && !LONE_SURROGATE.test(value)) return value
   throw new FST_SESSION_INVALID_USER(key)
 }

@@ -172,6 +172,27 @@ t.test('a destroyed session refuses changes with a coded error, and destroying t
   t.match(setCookies(res)[0], /Max-Age=0/)
 })
 
+t.test('keys and user ids holding a lone surrogate are refused at set, since no UTF-8 store keeps them apart', async (t) => {
+  const app = await build(t)
+  app.post('/odd', async (request) => {
+    const codes: string[] = []
+    for (const [key, value] of [['\ud800', 1], ['a\udc00b', 1], ['userId', 'al\ud800ice']] as const) {
+      try {
+        request.session.set(key, value)
+        codes.push('stored')
+      } catch (err) {
+        codes.push((err as { code: string }).code)
+      }
+    }
+    request.session.set('\ud83d\ude00', 'a pair is fine')
+    return { codes, keys: request.session.keys() }
+  })
+  const res = await app.inject({ method: 'POST', url: '/odd' })
+  t.same(res.json(), { codes: ['FST_SESSION_NOT_SERIALIZABLE', 'FST_SESSION_NOT_SERIALIZABLE', 'FST_SESSION_INVALID_USER'], keys: ['\ud83d\ude00'] })
+  const read = await app.inject({ url: '/get/%F0%9F%98%80', headers: cookieHeader(sessionCookie(res) as string) })
+  t.same(read.json(), { value: 'a pair is fine' })
+})
+
 t.test('after destroy() the rest of the request reads an empty session', async (t) => {
   const app = await build(t)
   app.post('/after', async (request) => {
