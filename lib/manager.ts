@@ -153,14 +153,20 @@ export class SessionManager {
   load (request: FastifyRequest): Session | Promise<Session> {
     const now = Date.now()
     const header = request.headers.cookie
-    if (this.#sealer !== null) return this.#open(header, now)
+    if (this.#sealer !== null) {
+      try {
+        return this.#open(header, now)
+      } catch (err) {
+        throw unavailable(err)
+      }
+    }
     const cookie = header === undefined ? null : findCookie(header, this.options.cookieName, this.#cookies.verify)
     if (cookie === null) return new Session(this, null, null, null, now, false)
     let found: Settled<StoredSession | null>
     try {
       found = (this.#store as SessionProvider).get(cookie.key)
     } catch (err) {
-      throw unavailable(err)
+      throw storeError(err)
     }
     if (!isPromise(found)) return this.#loaded(found, cookie, now)
     return this.#timed(found).then((record) => this.#loaded(record, cookie, now))
@@ -201,7 +207,7 @@ export class SessionManager {
     try {
       updated = (this.#store as SessionProvider).update(session.key, this.#patch(changes, now, expiresAt, record.data.has(this.options.userKey)))
     } catch (err) {
-      throw unavailable(err)
+      throw storeError(err)
     }
     if (!isPromise(updated)) {
       this.#updated(updated, session, request, reply)
@@ -263,7 +269,7 @@ export class SessionManager {
     try {
       created = (this.#store as SessionProvider).create(session.key, record, replaces)
     } catch (err) {
-      throw unavailable(err)
+      throw storeError(err)
     }
     if (!isPromise(created)) {
       if (created) this.#setCookie(reply, request, session.id)
@@ -340,7 +346,7 @@ export class SessionManager {
     try {
       result = operation()
     } catch (err) {
-      throw unavailable(err)
+      throw storeError(err)
     }
     return isPromise(result) ? this.#timed(result) : result
   }
@@ -355,7 +361,7 @@ export class SessionManager {
         resolve(value)
       }, (err: unknown) => {
         clearTimeout(timer)
-        reject(unavailable(err))
+        reject(storeError(err))
       })
     })
   }
@@ -364,6 +370,15 @@ export class SessionManager {
 /** @internal Whether `err` is a store failure rather than a fault of the session itself. */
 export function isStoreFailure (err: unknown): err is Error {
   return err instanceof FST_SESSION_STORE_UNAVAILABLE
+}
+
+/**
+ * A provider call's failure as the plugin reports it: a provider refusing
+ * what it cannot do stays `FST_SESSION_UNSUPPORTED` (a fault of the request,
+ * answered 500); anything else is the store failing.
+ */
+function storeError (err: unknown): Error {
+  return err instanceof FST_SESSION_UNSUPPORTED ? err : unavailable(err)
 }
 
 function unavailable (cause: unknown): Error {

@@ -2,7 +2,7 @@ import { Readable } from 'node:stream'
 import fastifyCookie from '@fastify/cookie'
 import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyReply, FastifyRequest, HookHandlerDoneFunction } from 'fastify'
-import { FST_SESSION_INVALID_PROVIDER } from './errors.js'
+import { FST_SESSION_INVALID_PROVIDER, FST_SESSION_STORE_UNAVAILABLE } from './errors.js'
 import { isStoreFailure, SessionManager } from './manager.js'
 import { resolveOptions, type SessionPluginOptions } from './options.js'
 import { isStateless, type SessionProvider, type StatelessSessionProvider } from './provider.js'
@@ -32,14 +32,31 @@ const STATELESS_METHODS = ['seal', 'open'] as const
 type AnyProvider = SessionProvider | StatelessSessionProvider
 
 async function resolveProvider (options: SessionPluginOptions): Promise<{ provider: AnyProvider, owned: boolean }> {
-  const { provider = 'memory', providerOptions } = options
+  const { provider = 'memory', providerOptions = {} } = options
   if (typeof provider === 'string') {
-    const created = await getProvider(provider)(providerOptions)
+    const factory = getProvider(provider)
+    let created: unknown
+    try {
+      created = await factory(providerOptions)
+    } catch (err) {
+      throw startFailure(provider, err)
+    }
     checkProvider(created)
     return { provider: created, owned: true }
   }
   checkProvider(provider)
   return { provider, owned: false }
+}
+
+/**
+ * A provider that could not start: its own coded errors (bad options, a
+ * missing table) as they are, anything else (a refused connection, a file
+ * that cannot be opened) as the store being unavailable, cause attached.
+ */
+function startFailure (name: string, err: unknown): unknown {
+  if (err instanceof Error && String((err as { code?: unknown }).code).startsWith('FST_SESSION_')) return err
+  const reason = err instanceof Error ? err.message : String(err)
+  return new FST_SESSION_STORE_UNAVAILABLE(`the ${name} provider could not start: ${reason}`, { cause: err })
 }
 
 function checkProvider (provider: unknown): asserts provider is AnyProvider {
@@ -64,13 +81,17 @@ async function fastifySessions (fastify: FastifyInstance, options: SessionPlugin
   fastify.decorateRequest('session', null as unknown as Session)
 
   function loadFailed (request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction, err: Error): void {
+    if (!isStoreFailure(err)) {
+      done(err)
+      return
+    }
     manager.warn(request.log, err, 'loading the session')
     if (resolved.onStoreError === 'continue') {
       request.session = manager.unloaded(request, err)
       done()
       return
     }
-    reply.code(503).send(errorBody(err))
+    reply.code(503).header('content-type', 'application/json; charset=utf-8').send(STORE_UNAVAILABLE_BODY)
   }
 
   function saveFailed (request: FastifyRequest, reply: FastifyReply, payload: unknown, done: OnSendDone, err: Error): void {
@@ -86,7 +107,7 @@ async function fastifySessions (fastify: FastifyInstance, options: SessionPlugin
     }
     discard(payload)
     reply.code(503).header('content-type', 'application/json; charset=utf-8')
-    done(null, JSON.stringify(errorBody(err)))
+    done(null, STORE_UNAVAILABLE_BODY)
   }
 
   fastify.addHook('onRequest', function loadSession (request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction) {
@@ -160,9 +181,16 @@ function discard (payload: unknown): void {
   if (payload instanceof Readable) payload.destroy()
 }
 
-/** Fastify's standard error JSON, sent as data so the failure is logged once, at warn level, rather than as a 5xx error. */
-function errorBody (err: Error & { code?: string, statusCode?: number }): Record<string, unknown> {
-  return { statusCode: 503, code: err.code, error: 'Service Unavailable', message: err.message }
-}
+/**
+ * Fastify's standard error JSON, sent as data so the failure is logged once,
+ * at warn level, rather than as a 5xx error. The cause (a host and port, an
+ * authentication failure) goes to that log line, not to the client.
+ */
+const STORE_UNAVAILABLE_BODY = JSON.stringify({
+  statusCode: 503,
+  code: 'FST_SESSION_STORE_UNAVAILABLE',
+  error: 'Service Unavailable',
+  message: 'The session store is unavailable'
+})
 
 export const sessions = fp(fastifySessions, { fastify: '5.x', name: 'fastify-sessions' })

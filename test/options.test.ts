@@ -2,6 +2,7 @@ import t from 'tap'
 import Fastify from 'fastify'
 import sessions, { registerProvider, getProvider, createMemoryProvider, type SessionPluginOptions } from '../index.js'
 import { SECRET } from './fixtures/app.js'
+import '../providers/sqlite.js'
 
 async function registrationError (options: Record<string, unknown>): Promise<{ code?: string, message: string } | null> {
   const app = Fastify()
@@ -102,6 +103,30 @@ t.test('a provider registered by name gets providerOptions and may be async', as
   await app.register(sessions, { secret: SECRET, provider: 'async-memory' as 'memory', providerOptions: { maxSessions: 3 } })
   t.teardown(() => app.close())
   t.same(seen, { maxSessions: 3 })
+})
+
+t.test('a factory given no providerOptions gets {}', async (t) => {
+  let seen: unknown
+  registerProvider('options-probe', (options: unknown) => {
+    seen = options
+    return createMemoryProvider()
+  })
+  t.equal(await registrationError({ secret: SECRET, provider: 'options-probe' }), null)
+  t.same(seen, {})
+})
+
+t.test('a provider that cannot start fails registration with a coded error carrying the cause', async (t) => {
+  const refused = new Error('connect ECONNREFUSED 127.0.0.1:1')
+  registerProvider('refusing', () => { throw refused })
+  const err = await registrationError({ secret: SECRET, provider: 'refusing' }) as { code?: string, message: string, cause?: unknown }
+  t.equal(err.code, 'FST_SESSION_STORE_UNAVAILABLE')
+  t.equal(err.message, 'The session store is unavailable: the refusing provider could not start: connect ECONNREFUSED 127.0.0.1:1')
+  t.equal(err.cause, refused)
+  // a factory may throw anything; what it throws that is not an Error is what this checks
+  // eslint-disable-next-line no-throw-literal
+  registerProvider('throwing-a-string', async () => { throw 'no store' as unknown as Error })
+  t.match(await registrationError({ secret: SECRET, provider: 'throwing-a-string' }), { code: 'FST_SESSION_STORE_UNAVAILABLE', message: /could not start: no store$/ })
+  t.equal((await registrationError({ secret: SECRET, provider: 'sqlite', providerOptions: { filename: '/nonexistent-directory/sessions.db' } }))?.code, 'FST_SESSION_STORE_UNAVAILABLE', 'a SQLite file that cannot be opened')
 })
 
 t.test('the memory provider rejects a bad maxSessions at registration', async (t) => {

@@ -4,6 +4,7 @@ import { Writable } from 'node:stream'
 import { fileURLToPath } from 'node:url'
 import { build, cookieHeader, sessionCookie, setCookies } from './fixtures/app.js'
 import { FailingProvider } from './fixtures/providers.js'
+import { FST_SESSION_UNSUPPORTED } from '../lib/errors.js'
 
 const json = { 'content-type': 'application/json' }
 
@@ -38,11 +39,12 @@ for (const mode of ['throw', 'hang', 'throw-sync'] as const) {
       statusCode: 503,
       code: 'FST_SESSION_STORE_UNAVAILABLE',
       error: 'Service Unavailable',
-      message: `The session store is unavailable: ${mode === 'hang' ? 'no answer within 100 ms' : mode === 'throw' ? 'connection refused' : 'disk I/O error'}`
-    })
+      message: 'The session store is unavailable'
+    }, 'the cause stays out of the response')
     t.same(setCookies(res), [])
     t.equal(warnings(logs).length, 1)
     t.match(warnings(logs)[0].msg, /session store unavailable while loading the session/)
+    t.match(warnings(logs)[0].msg, mode === 'hang' ? 'no answer within 100 ms' : mode === 'throw' ? 'connection refused' : 'disk I/O error', 'and goes to the log')
     t.ok(warnings(logs)[0].err, 'the cause is logged')
     t.same(errors(logs), [], 'nothing at error level')
     provider.mode = 'ok'
@@ -100,6 +102,28 @@ t.test('a stream the handler returned is closed when its session cannot be saved
   t.equal(tooLarge.json().code, 'FST_SESSION_TOO_LARGE')
   t.equal(streams.length, 2)
   t.ok(streams.every((stream) => stream.destroyed), 'both streams were destroyed')
+})
+
+t.test('a provider refusing what it cannot store answers 500 with its coded error, not a store outage', async (t) => {
+  const provider = new FailingProvider()
+  const { logs, logger } = captureLogs()
+  const app = await build(t, { provider, onStoreError: 'continue' }, { logger })
+  provider.create = () => Promise.reject(new FST_SESSION_UNSUPPORTED('the session key "x"', 'this store cannot hold it'))
+  const res = await app.inject({ method: 'POST', url: '/set/x', payload: '1', headers: json })
+  t.equal(res.statusCode, 500)
+  t.equal(res.json().code, 'FST_SESSION_UNSUPPORTED')
+  t.same(setCookies(res), [])
+  t.same(warnings(logs), [], 'not logged as the store being unavailable')
+})
+
+t.test('a provider refusing a read with its coded error answers 500 with it, whatever onStoreError says', async (t) => {
+  const provider = new FailingProvider()
+  const app = await build(t, { provider, onStoreError: 'continue' })
+  const login = await app.inject({ method: 'POST', url: '/set/a', payload: '1', headers: json })
+  provider.get = () => Promise.reject(new FST_SESSION_UNSUPPORTED('reading this session', 'the store cannot'))
+  const res = await app.inject({ url: '/get/a', headers: cookieHeader(sessionCookie(login) as string) })
+  t.equal(res.statusCode, 500)
+  t.equal(res.json().code, 'FST_SESSION_UNSUPPORTED')
 })
 
 t.test("onStoreError 'continue' serves the request with an empty, unsaved session", async (t) => {
@@ -260,16 +284,18 @@ t.test('an answer that comes after storeTimeout is ignored, whether it resolves 
   t.same((await app.inject({ url: '/get/a', headers: cookieHeader(cookie) })).json(), { value: 1 })
 })
 
-t.test('a store that rejects with something other than an Error still gets a readable 503', async (t) => {
+t.test('a store that rejects with something other than an Error still gets a 503 and a readable log line', async (t) => {
   const provider = new FailingProvider()
-  const app = await build(t, { provider })
+  const { logs, logger } = captureLogs()
+  const app = await build(t, { provider }, { logger })
   const login = await app.inject({ method: 'POST', url: '/set/a', payload: '1', headers: json })
   // some drivers reject with a bare string; the rule against that is exactly what this test is about
   // eslint-disable-next-line prefer-promise-reject-errors
   provider.get = () => Promise.reject('ECONNRESET') as never
   const res = await app.inject({ url: '/get/a', headers: cookieHeader(sessionCookie(login) as string) })
   t.equal(res.statusCode, 503)
-  t.equal(res.json().message, 'The session store is unavailable: ECONNRESET')
+  t.equal(res.json().code, 'FST_SESSION_STORE_UNAVAILABLE')
+  t.match(warnings(logs)[0].msg, /while loading the session: The session store is unavailable: ECONNRESET$/)
 })
 
 t.test('a store that throws synchronously while saving or ending a session is a store failure too', async (t) => {

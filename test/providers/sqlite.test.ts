@@ -5,6 +5,8 @@ import os from 'node:os'
 import path from 'node:path'
 import Database from 'better-sqlite3'
 import fc from 'fast-check'
+import Fastify from 'fastify'
+import sessions from '../../index.js'
 import { SqliteProvider, createSqliteProvider, SQLITE_PROVIDER } from '../../providers/sqlite.js'
 import type { SqliteProviderOptions } from '../../providers/sqlite.js'
 import { MemoryProvider } from '../../providers/memory.js'
@@ -281,6 +283,21 @@ t.test('keys holding NUL are refused rather than confused with others', async (t
   t.strictSame(entries(provider.get(key)?.data), [['a', '1']], 'which changes nothing')
   t.equal(provider.update(key, patch({ delete: ['a\u0000', '\u0000'] })), true, 'deleting one is a touch, since none is stored')
   t.strictSame(entries(provider.get(key)?.data), [['a', '1']], 'and leaves "a" alone')
+})
+
+t.test('through the plugin a NUL key answers 500 FST_SESSION_UNSUPPORTED, not a store outage, whatever onStoreError says', async (t) => {
+  for (const onStoreError of ['fail', 'continue'] as const) {
+    const app = Fastify()
+    t.teardown(() => app.close())
+    await app.register(sessions, { secret: 'a secret of at least thirty-two characters', provider: 'sqlite', providerOptions: { filename: ':memory:' }, onStoreError })
+    app.post('/nul', async (request) => {
+      request.session.set('a\u0000b', 1)
+      return {}
+    })
+    const res = await app.inject({ method: 'POST', url: '/nul' })
+    t.equal(res.statusCode, 500, onStoreError)
+    t.equal(res.json().code, 'FST_SESSION_UNSUPPORTED', onStoreError)
+  }
 })
 
 t.test('random keys and values behave as in the memory provider', async (t) => {

@@ -9,6 +9,7 @@ import type { FastifyInstance, InjectOptions, LightMyRequestResponse } from 'fas
 import { build, cookieHeader, sessionCookie } from '../fixtures/app.js'
 import { DATABASE_URL, requirePostgres } from '../fixtures/services.js'
 import { startProxy } from '../fixtures/tcp-proxy.js'
+import { captureLogs, WARN } from '../fixtures/log-capture.js'
 import { freePort } from '../fixtures/redis-server.js'
 import { createPostgresProvider, PostgresProvider } from '../../providers/postgres.js'
 
@@ -65,11 +66,12 @@ t.test('with PostgreSQL', async (t) => {
   t.test('a provider handed a pool on a closed port answers 503 within storeTimeout', async (t) => {
     const pool = new pg.Pool({ host: '127.0.0.1', port: await freePort(), user: 'postgres', database: 'test', max: 2 })
     t.teardown(() => pool.end())
-    const app = await build(t, { provider: new PostgresProvider({ pool }), storeTimeout: STORE_TIMEOUT })
+    const { lines, logger } = captureLogs()
+    const app = await build(t, { provider: new PostgresProvider({ pool }), storeTimeout: STORE_TIMEOUT }, { logger })
     const { res, ms } = await timed(app, { method: 'POST', url: '/login', payload: { user: 'ada' }, headers: json })
     t.equal(res.statusCode, 503)
     t.equal(res.json().code, 'FST_SESSION_STORE_UNAVAILABLE')
-    t.match(res.json().message, /ECONNREFUSED/)
+    t.match(lines.find((line) => line.level === WARN)?.msg, /ECONNREFUSED/, 'the log names the cause')
     t.ok(ms <= STORE_TIMEOUT, `503 in ${Math.round(ms)} ms`)
   })
 
@@ -85,7 +87,8 @@ t.test('with PostgreSQL', async (t) => {
     const tableName = table()
     dropAfter(tableName)
     const provider = await createPostgresProvider({ pool, tableName })
-    const app = await build(t, { provider, storeTimeout: STORE_TIMEOUT })
+    const { lines, logger } = captureLogs()
+    const app = await build(t, { provider, storeTimeout: STORE_TIMEOUT }, { logger })
     const login = await app.inject({ method: 'POST', url: '/login', payload: { user: 'ada' }, headers: json })
     const cookie = sessionCookie(login) as string
 
@@ -95,7 +98,7 @@ t.test('with PostgreSQL', async (t) => {
     const read = await timed(app, { url: '/get/userId', headers: cookieHeader(cookie) })
     t.equal(read.res.statusCode, 503)
     t.equal(read.res.json().code, 'FST_SESSION_STORE_UNAVAILABLE')
-    t.match(read.res.json().message, new RegExp(`no answer within ${STORE_TIMEOUT} ms`))
+    t.match(lines.find((line) => line.level === WARN)?.msg, new RegExp(`no answer within ${STORE_TIMEOUT} ms`), 'the log names the cause')
     t.ok(read.ms >= STORE_TIMEOUT - 5 && read.ms <= STORE_TIMEOUT + 400, `503 after ${Math.round(read.ms)} ms`)
     const fresh = await timed(app, { method: 'POST', url: '/login', payload: { user: 'bo' }, headers: json })
     t.equal(fresh.res.statusCode, 503, 'a new login waits for the pool too')
