@@ -31,7 +31,6 @@ const { values: opts } = parseArgs({
     many: { type: 'string', default: '10000' },
     top: { type: 'string', default: '25' },
     'provider-options': { type: 'string' },
-    'no-optout-route': { type: 'boolean', default: false },
     pool: { type: 'string', default: '0' }
   }
 })
@@ -133,11 +132,10 @@ function analyse (profile) {
 }
 
 async function profileRoute (load, route) {
-  const dir = OUT + impl.id + (opts['no-optout-route'] ? '-no-optout-route' : '') + '/' + route + '/'
+  const dir = OUT + impl.id + '/' + route + '/'
   rmSync(dir, { recursive: true, force: true })
   mkdirSync(dir, { recursive: true })
   const config = { ...impl.config, ...(opts['provider-options'] === undefined ? {} : { providerOptions: JSON.parse(opts['provider-options']) }) }
-  if (opts['no-optout-route']) config.noOptOutRoute = true
   const server = startChild(SERVERS_DIR + impl.script, [JSON.stringify(config)], { core: 0, nodeArgs: ['--cpu-prof', '--cpu-prof-dir', dir] })
   const { port } = await server.ready
   const base = `http://127.0.0.1:${port}`
@@ -189,5 +187,5 @@ try {
 } finally {
   await load.stop()
 }
-writeFileSync(OUT + `report-${impl.id}${opts['no-optout-route'] ? '-no-optout-route' : ''}.md`, `# CPU profile: ${impl.id}\n\n${new Date().toISOString()}, node ${process.version}\n\n` + sections.join('\n'))
-console.log(`wrote ${OUT}report-${impl.id}${opts['no-optout-route'] ? '-no-optout-route' : ''}.md`)
+writeFileSync(OUT + `report-${impl.id}.md`, `# CPU profile: ${impl.id}\n\n${new Date().toISOString()}, node ${process.version}\n\n` + sections.join('\n'))
+console.log(`wrote ${OUT}report-${impl.id}.md`)

@@ -1,7 +1,5 @@
 // fastify-sessions (this repo, built to dist/) with the provider named in
-// the config: memory, redis, postgres or sqlite. `noOptOutRoute` leaves out
-// the `config: { session: false }` route (whose mere presence makes every
-// request check the route config), to measure what that check costs.
+// the config: memory, redis, postgres or sqlite.
 import Fastify from 'fastify'
 import { defineRoutes, failStartup, serve, serverConfig } from '../lib/server.js'
 
@@ -26,7 +24,7 @@ try {
     get: (request, key) => request.session.get(key),
     set: (request, _reply, key, value) => request.session.set(key, value),
     touch: (request) => request.session.touch()
-  }, { optOut: config.noOptOutRoute !== true, fault: config.fault })
+  }, { optOut: true, fault: config.fault })
 
   await serve(app)
 } catch (err) {
