@@ -26,12 +26,17 @@
  *
  * Deadlines are compared with the app's clock rather than `now()` so that the
  * plugin and the store agree on what has expired.
+ *
+ * Text in PostgreSQL cannot hold U+0000, nor a jsonb key a lone surrogate, so
+ * session keys and owners holding either are refused with
+ * `FST_SESSION_UNSUPPORTED` (a fault of the request, not an outage); deleting
+ * or looking up such a name finds nothing, as nothing can be stored under it.
  */
 import { createHash } from 'node:crypto'
 import pg from 'pg'
 import type { Pool, PoolClient } from 'pg'
 import { registerProvider } from '../lib/registry.js'
-import { FST_SESSION_MISSING_TABLE, FST_SESSION_PROVIDER_OPTION } from '../lib/errors.js'
+import { FST_SESSION_MISSING_TABLE, FST_SESSION_PROVIDER_OPTION, FST_SESSION_UNSUPPORTED } from '../lib/errors.js'
 import { validateTableName } from '../lib/sql.js'
 import type { TableName } from '../lib/sql.js'
 import type { NewSession, SessionPatch, SessionProvider, StoredSession, UserSessionRecord } from '../lib/provider.js'
@@ -220,7 +225,7 @@ export class PostgresProvider implements SessionProvider {
   }
 
   async create (key: string, session: NewSession, replaces?: string): Promise<boolean> {
-    const values = [key, jsonObject(session.data), session.user, session.createdAt, session.lastSeenAt, session.expiresAt, Date.now()]
+    const values = [key, jsonObject(session.data), owner(session.user), session.createdAt, session.lastSeenAt, session.expiresAt, Date.now()]
     if (replaces === undefined) {
       const { rowCount } = await this.pool.query(this.sql.create, values)
       return rowCount === 1
@@ -249,13 +254,14 @@ export class PostgresProvider implements SessionProvider {
       shape |= SETS_KEYS
       values.push(jsonObject(patch.set))
     }
-    if (patch.delete !== null && patch.delete.length > 0) {
+    const deleted = patch.delete?.filter(storable)
+    if (deleted !== undefined && deleted.length > 0) {
       shape |= DELETES_KEYS
-      values.push(patch.delete)
+      values.push(deleted)
     }
     if (patch.user !== undefined) {
       shape |= SETS_USER
-      values.push(patch.user)
+      values.push(owner(patch.user))
     }
     const { rowCount } = await this.pool.query(this.updateStatement(shape), values)
     return rowCount === 1
@@ -286,7 +292,8 @@ export class PostgresProvider implements SessionProvider {
   }
 
   async listByUser (user: string, infoKeys: readonly string[]): Promise<UserSessionRecord[]> {
-    const { rows } = await this.pool.query<UserSessionRow>(this.sql.listByUser, [user, Date.now(), infoKeys])
+    if (!storable(user)) return []
+    const { rows } = await this.pool.query<UserSessionRow>(this.sql.listByUser, [user, Date.now(), infoKeys.filter(storable)])
     return rows.map(function toRecord (row) {
       const { data, ...times } = toSession(row)
       return { key: row.key, ...times, info: data }
@@ -294,6 +301,7 @@ export class PostgresProvider implements SessionProvider {
   }
 
   async destroyByUser (user: string, exceptKey?: string): Promise<number> {
+    if (!storable(user)) return 0
     const { rowCount } = await this.pool.query(this.sql.destroyByUser, [user, Date.now(), exceptKey ?? null])
     return rowCount as number
   }
@@ -384,10 +392,24 @@ export class PostgresProvider implements SessionProvider {
 function jsonObject (data: ReadonlyMap<string, string>): string {
   let text = '{'
   for (const [name, json] of data) {
+    if (!storable(name)) throw new FST_SESSION_UNSUPPORTED(`the session key ${JSON.stringify(name)}`, 'PostgreSQL text holds no U+0000, nor a jsonb key a lone surrogate')
     if (text.length > 1) text += ','
     text += JSON.stringify(name) + ':' + JSON.stringify(json)
   }
   return text + '}'
+}
+
+const LONE_SURROGATE = /\p{Cs}/u
+
+/** Whether PostgreSQL can keep `name` as text and as a jsonb key (see the top of this file). */
+function storable (name: string): boolean {
+  return !name.includes('\u0000') && !LONE_SURROGATE.test(name)
+}
+
+/** The owner as the `user_id` column takes it. */
+function owner (user: string | null): string | null {
+  if (user !== null && !storable(user)) throw new FST_SESSION_UNSUPPORTED(`the session owner ${JSON.stringify(user)}`, 'PostgreSQL text holds no U+0000')
+  return user
 }
 
 function toSession (row: SessionRow): StoredSession {

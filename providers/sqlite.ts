@@ -77,7 +77,9 @@ export interface SqliteProviderOptions {
   /**
    * How many expired rows one `DELETE` of the sweep removes at most. Each
    * batch is its own transaction, so this bounds how long a sweep keeps
-   * other writers waiting.
+   * writers in other processes waiting. The sweep is synchronous, like every
+   * call of this provider, so this process waits for all of it (about 3 µs
+   * per expired row).
    * @default 1000
    */
   gcBatchSize?: number
@@ -268,7 +270,7 @@ export class SqliteProvider implements SessionProvider {
     if (patch.set !== null) {
       for (const [name, json] of patch.set) {
         names.push(storable(name))
-        jsons.push(json)
+        jsons.push(parsable(name, json))
       }
     }
     const sets = names.length
@@ -361,9 +363,46 @@ function encode (data: ReadonlyMap<string, string>): string {
   let text = '{'
   for (const [name, json] of data) {
     if (text.length > 1) text += ','
-    text += JSON.stringify(storable(name)) + ':' + json
+    text += JSON.stringify(storable(name)) + ':' + parsable(name, json)
   }
   return text + '}'
+}
+
+/**
+ * How deep a value may nest: SQLite's JSON functions refuse a document
+ * nested 1000 levels deep, and the data object is one level. A value stored
+ * deeper would make every later change of the session fail to parse.
+ */
+const MAX_VALUE_NESTING = 999
+
+/** `json`, unless it nests deeper than SQLite's JSON functions parse. */
+function parsable (name: string, json: string): string {
+  // every level takes two brackets, so only a long text can be too deep
+  if (json.length > 2 * MAX_VALUE_NESTING && nesting(json) > MAX_VALUE_NESTING) {
+    throw new FST_SESSION_UNSUPPORTED(`the value of ${JSON.stringify(name)}`, `SQLite's JSON functions parse at most ${MAX_VALUE_NESTING} levels of nesting in a value`)
+  }
+  return json
+}
+
+/** The deepest nesting of arrays and objects in a JSON text. */
+function nesting (json: string): number {
+  let depth = 0
+  let deepest = 0
+  let inString = false
+  for (let i = 0; i < json.length; i++) {
+    const c = json.charCodeAt(i)
+    if (inString) {
+      if (c === 92 /* \ */) i++
+      else if (c === 34 /* " */) inString = false
+    } else if (c === 34) {
+      inString = true
+    } else if (c === 91 /* [ */ || c === 123 /* { */) {
+      if (++depth > deepest) deepest = depth
+    } else if (c === 93 /* ] */ || c === 125 /* } */) {
+      depth--
+    }
+  }
+  return deepest
 }
 
 /** `name`, unless it is a key that SQLite's JSON paths would confuse with another. */

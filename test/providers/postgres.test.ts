@@ -257,8 +257,11 @@ t.test('with PostgreSQL', async function (t) {
     t.same(values((await provider.get(next))?.data), { v: 'next' }, 'keeps the old row')
     t.same(values((await provider.get(taken))?.data), { v: 'taken' })
 
-    await t.rejects(provider.create(orphan, { ...newSession(), data: new Map([['nul\u0000', '1']]) }, next))
-    t.same(values((await provider.get(next))?.data), { v: 'next' }, 'a failed replace keeps the old row')
+    await t.rejects(provider.create(orphan, { ...newSession(), data: new Map([['nul\u0000', '1']]) }, next), { code: 'FST_SESSION_UNSUPPORTED' })
+    t.same(values((await provider.get(next))?.data), { v: 'next' }, 'a refused replace keeps the old row')
+    // the old row is deleted first; the insert then fails inside the transaction
+    await t.rejects(provider.create(orphan, newSession({ v: 'orphan' }, { createdAt: NaN }), next), { code: '22P02' })
+    t.same(values((await provider.get(next))?.data), { v: 'next' }, 'a replace failing midway keeps the old row')
     t.equal(await provider.get(orphan), null)
   })
 
@@ -510,11 +513,26 @@ t.test('with PostgreSQL', async function (t) {
     t.equal(rows[0].a, 3, 'the values stay queryable as JSON')
   })
 
-  t.test('top-level keys jsonb cannot hold make the write reject', async function (t) {
+  t.test('keys and owners PostgreSQL cannot hold are refused with a coded error, and deleting or looking them up finds nothing', async function (t) {
     const { provider, table } = await setup(t)
-    await t.rejects(provider.create(storeKey(), { ...newSession(), data: new Map([['nul\u0000', '1']]) }), { code: '22P05' })
-    await t.rejects(provider.create(storeKey(), { ...newSession(), data: new Map([['lone\ud800', '1']]) }), { code: '22P02' })
-    t.equal(await rowCount(table), 0)
+    const unsupported = { code: 'FST_SESSION_UNSUPPORTED' }
+    await t.rejects(provider.create(storeKey(), { ...newSession(), data: new Map([['nul\u0000', '1']]) }), unsupported, 'a key holding NUL')
+    await t.rejects(provider.create(storeKey(), { ...newSession(), data: new Map([['lone\ud800', '1']]) }), unsupported, 'a key holding a lone surrogate')
+    await t.rejects(provider.create(storeKey(), newSession({ a: 1 }, { user: 'al\u0000ice' })), unsupported, 'an owner holding NUL')
+    t.equal(await rowCount(table), 0, 'none of which stored anything')
+    const key = storeKey()
+    await provider.create(key, newSession({ a: 1 }, { user: 'alice' }))
+    await t.rejects(provider.update(key, patch({ set: texts({ 'b\u0000': 2 }) })), unsupported, 'a patch setting such a key')
+    await t.rejects(provider.update(key, patch({ user: 'bo\u0000b' })), unsupported, 'a patch naming such an owner')
+    t.equal(await provider.update(key, patch({ delete: ['a\u0000', 'x\ud800'] })), true, 'deleting such keys is only a touch')
+    t.same(values((await provider.get(key))?.data), { a: 1 }, 'and changes nothing')
+    t.equal(await provider.update(key, patch({ delete: ['a', 'a\u0000'] })), true)
+    t.same(values((await provider.get(key))?.data), {}, 'the storable key beside it is deleted')
+    await provider.update(key, patch({ set: texts({ name: 'laptop' }) }))
+    t.same((await provider.listByUser('alice', ['name', 'n\u0000'])).map((r) => values(r.info)), [{ name: 'laptop' }], 'an info key holding NUL shows nothing')
+    t.same(await provider.listByUser('al\u0000ice', ['name']), [], 'nobody owns under such a name')
+    t.equal(await provider.destroyByUser('al\u0000ice'), 0)
+    t.equal(await rowCount(table), 1)
   })
 
   t.test('an unreachable database rejects instead of hanging', async function (t) {

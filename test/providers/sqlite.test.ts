@@ -269,6 +269,21 @@ t.test('keys with quotes, dots, $, brackets, unicode and object internals are or
   t.equal(Object.prototype.toString, {}.toString, 'Object.prototype.toString is intact')
 })
 
+t.test('a value nested deeper than SQLite\'s JSON functions parse is refused, so the session stays changeable', async (t) => {
+  const provider = open(t)
+  // brackets and escaped quotes inside strings do not count as nesting
+  const nested = (levels: number): string => '["[{\\"",'.repeat(levels) + '1' + ']'.repeat(levels)
+  const key = newKey()
+  t.equal(provider.create(key, session([['deep', nested(999)]])), true, '999 levels are stored')
+  t.equal(provider.update(key, patch({ set: new Map([['other', nested(999)]]) })), true, 'and changed alongside')
+  t.equal(provider.update(key, patch({ set: new Map([['n', '2']]) })), true)
+  t.equal(provider.get(key)?.data.get('other'), nested(999))
+  t.throws(() => provider.create(newKey(), session([['deep', nested(1000)]])), { code: 'FST_SESSION_UNSUPPORTED' }, '1000 levels are refused by create')
+  t.throws(() => provider.update(key, patch({ set: new Map([['deep', nested(1000)]]) })), { code: 'FST_SESSION_UNSUPPORTED' }, 'and by update')
+  t.equal(provider.update(key, patch({ set: new Map([['n', '3']]) })), true, 'the session still takes changes')
+  t.equal(provider.get(key)?.data.get('n'), '3')
+})
+
 t.test('keys holding NUL are refused rather than confused with others', async (t) => {
   const filename = newFile()
   const provider = open(t, { filename })
