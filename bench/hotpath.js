@@ -19,8 +19,7 @@ const { values: opts } = parseArgs({
     variant: { type: 'string', multiple: true, default: ['dist=dist'] },
     routes: { type: 'string', default: 'read,write,new,none' },
     n: { type: 'string', default: '200000' },
-    reps: { type: 'string', default: '7' },
-    optout: { type: 'boolean', default: false }
+    reps: { type: 'string', default: '7' }
   }
 })
 const N = Number(opts.n)
@@ -38,8 +37,6 @@ async function build (dir) {
   const { default: sessions } = await import(pathToFileURL(resolve(dir) + '/index.js').href)
   const app = Fastify()
   await app.register(sessions, { secret: 'x'.repeat(32) })
-  // Like the bench servers, optionally with one opted-out route, which makes every request check its route config.
-  if (opts.optout) app.get('/health', { config: { session: false } }, () => 'ok')
   app.get('/', () => 'ok')
   await app.ready()
   const { load, save } = hooksOf(app)

@@ -157,7 +157,7 @@ export class SessionManager {
       try {
         return this.#open(header, now)
       } catch (err) {
-        throw unavailable(err)
+        throw storeError(err)
       }
     }
     const cookie = header === undefined ? null : findCookie(header, this.options.cookieName, this.#cookies.verify)
@@ -246,7 +246,12 @@ export class SessionManager {
       lastSeenAt: now,
       expiresAt: this.deadline(session.createdAt, now)
     }
-    const value = sealer.seal(sealed)
+    let value: string
+    try {
+      value = sealer.seal(sealed)
+    } catch (err) {
+      throw storeError(err)
+    }
     const length = this.options.cookieName.length + 1 + value.length
     if (length > MAX_COOKIE_LENGTH) throw new FST_SESSION_COOKIE_TOO_LARGE(length, MAX_COOKIE_LENGTH)
     this.#setCookie(reply, request, value, false)
@@ -338,8 +343,9 @@ export class SessionManager {
   }
 
   /**
-   * Runs a provider call under `storeTimeout`, turning every failure into
-   * `FST_SESSION_STORE_UNAVAILABLE` with the original error as its cause.
+   * Runs a provider call under `storeTimeout`, turning every failure but a
+   * provider's `FST_SESSION_UNSUPPORTED` into `FST_SESSION_STORE_UNAVAILABLE`
+   * with the original error as its cause.
    */
   async #call<T> (operation: () => Settled<T>): Promise<T> {
     let result: Settled<T>
@@ -351,7 +357,7 @@ export class SessionManager {
     return isPromise(result) ? this.#timed(result) : result
   }
 
-  /** `pending`, failing with `FST_SESSION_STORE_UNAVAILABLE` when it rejects or takes longer than `storeTimeout`. */
+  /** `pending`, failing as `#call` says when it rejects, and with `FST_SESSION_STORE_UNAVAILABLE` when it takes longer than `storeTimeout`. */
   #timed<T> (pending: Promise<T>): Promise<T> {
     const timeout = this.options.storeTimeout
     return new Promise((resolve, reject) => {

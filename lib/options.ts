@@ -48,7 +48,7 @@ export interface SessionPluginBaseOptions {
   maxLifetime?: number
   /** Seconds from creation after which a session ends whatever its activity. @default 86400 */
   absoluteLifetime?: number
-  /** Seconds between sweeps, for providers that need them; 0 disables the timer. At most 2147483 (24.8 days, Node's longest timer). @default 60 */
+  /** Seconds between sweeps, for providers that need them; 0 disables the timer. At most 2147483.647 (2³¹ − 1 ms, Node's longest timer). @default 60 */
   gcInterval?: number
   /**
    * Seconds: a request that only reads refreshes the idle deadline in the

@@ -111,6 +111,8 @@ async function fastifySessions (fastify: FastifyInstance, options: SessionPlugin
   }
 
   fastify.addHook('onRequest', function loadSession (request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction) {
+    // routeOptions builds an object on each read (about 0.1 µs), but an onRoute
+    // hook that would spare it never sees routes declared before the plugin
     if (request.routeOptions.config.session === false) {
       done()
       return

@@ -51,6 +51,8 @@ export class Session {
   #previousKey: string | null = null
   /** Why the store could not load the session this one stands in for (`onStoreError: 'continue'`). */
   #loadError: Error | null = null
+  /** The owner when `destroy()` ended the session, for `destroyOtherSessions()` after it. */
+  #ownerAtDestroy: unknown = undefined
   #flags = 0
   /** Epoch milliseconds when the session was created. */
   readonly createdAt: number
@@ -191,6 +193,7 @@ export class Session {
     // The session is only marked ended once the store has ended it: a failed
     // logout must not clear the cookie of a session that is still alive.
     if (key !== null) await this.#manager.destroyKey(key)
+    this.#ownerAtDestroy = this.get(this.#manager.options.userKey)
     this.#flags |= DESTROYED
     // later reads on this request see what the store now holds: nothing
     this.#record = null
@@ -202,7 +205,7 @@ export class Session {
   async destroyOtherSessions (): Promise<number> {
     // the user is unknown while the session is: ending none would look like success
     if (this.#loadError !== null) throw new FST_SESSION_STORE_UNAVAILABLE('the session could not be loaded on this request', { cause: this.#loadError })
-    const user = this.get(this.#manager.options.userKey)
+    const user = this.destroyed ? this.#ownerAtDestroy : this.get(this.#manager.options.userKey)
     if (user === undefined || user === null) return 0
     return this.#manager.destroyUserSessions(user, { except: this })
   }
@@ -242,7 +245,7 @@ export class Session {
     return this.#record
   }
 
-  /** @internal The key `regenerate()` moved away from. */
+  /** @internal The key `regenerate()` moved away from, or the one a failed load was for. */
   get previousKey (): string | null {
     return this.#previousKey
   }

@@ -207,6 +207,19 @@ t.test('after destroy() the rest of the request reads an empty session', async (
   t.match(setCookies(res)[0], /Max-Age=0/)
 })
 
+t.test('destroyOtherSessions() after destroy() still ends the user\'s other sessions', async (t) => {
+  const app = await build(t)
+  app.post('/everywhere', async (request) => {
+    await request.session.destroy()
+    return { ended: await request.session.destroyOtherSessions() }
+  })
+  const phone = await app.inject({ method: 'POST', url: '/login', payload: { user: 'ada' } })
+  const laptop = await app.inject({ method: 'POST', url: '/login', payload: { user: 'ada' } })
+  const res = await app.inject({ method: 'POST', url: '/everywhere', headers: cookieHeader(sessionCookie(laptop) as string) })
+  t.same(res.json(), { ended: 1 })
+  t.same((await app.inject({ url: '/get/userId', headers: cookieHeader(sessionCookie(phone) as string) })).json(), { value: null })
+})
+
 t.test('regenerate() then destroy() in one request ends the old record', async (t) => {
   const provider = new RecordingProvider()
   const app = await build(t, { provider })

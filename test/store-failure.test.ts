@@ -3,7 +3,7 @@ import { createReadStream, type ReadStream } from 'node:fs'
 import { Writable } from 'node:stream'
 import { fileURLToPath } from 'node:url'
 import { build, cookieHeader, sessionCookie, setCookies } from './fixtures/app.js'
-import { FailingProvider } from './fixtures/providers.js'
+import { FailingProvider, RecordingProvider } from './fixtures/providers.js'
 import { FST_SESSION_UNSUPPORTED } from '../lib/errors.js'
 
 const json = { 'content-type': 'application/json' }
@@ -67,7 +67,7 @@ t.test('a failed save answers 503 and sets no cookie: nothing is reported saved 
   provider.mode = 'throw'
   const res = await app.inject({ method: 'POST', url: '/set/a', payload: '1', headers: json })
   t.equal(res.statusCode, 503)
-  t.equal(res.json().code, 'FST_SESSION_STORE_UNAVAILABLE')
+  t.same(res.json(), { statusCode: 503, code: 'FST_SESSION_STORE_UNAVAILABLE', error: 'Service Unavailable', message: 'The session store is unavailable' }, 'the cause stays out of the response')
   t.equal(res.headers['content-type'], 'application/json; charset=utf-8')
   t.same(setCookies(res), [])
   t.equal(warnings(logs).length, 1)
@@ -124,6 +124,36 @@ t.test('a provider refusing a read with its coded error answers 500 with it, wha
   const res = await app.inject({ url: '/get/a', headers: cookieHeader(sessionCookie(login) as string) })
   t.equal(res.statusCode, 500)
   t.equal(res.json().code, 'FST_SESSION_UNSUPPORTED')
+})
+
+t.test('a synchronous provider refusing with FST_SESSION_UNSUPPORTED answers 500 with it, at every kind of call', async (t) => {
+  const refuse = (): never => { throw new FST_SESSION_UNSUPPORTED('this', 'the store cannot') }
+  for (const method of ['get', 'update', 'destroy'] as const) {
+    const provider = new RecordingProvider()
+    const app = await build(t, { provider, onStoreError: 'continue' })
+    const login = await app.inject({ method: 'POST', url: '/set/a', payload: '1', headers: json })
+    provider[method] = refuse
+    const res = method === 'destroy'
+      ? await app.inject({ method: 'POST', url: '/logout', headers: cookieHeader(sessionCookie(login) as string) })
+      : await app.inject({ method: 'POST', url: '/set/b', payload: '2', headers: { ...json, ...cookieHeader(sessionCookie(login) as string) } })
+    t.equal(res.statusCode, 500, method)
+    t.equal(res.json().code, 'FST_SESSION_UNSUPPORTED', method)
+  }
+})
+
+t.test('a stateless provider: a refusal to open answers 500, a failure to seal is a store failure', async (t) => {
+  const provider = {
+    stateless: true as const,
+    seal: (): never => { throw new Error('key ring unreadable') },
+    open: (): never => { throw new FST_SESSION_UNSUPPORTED('this cookie', 'an unknown format version') }
+  }
+  const app = await build(t, { provider })
+  const open = await app.inject({ url: '/get/a', headers: cookieHeader('sealed') })
+  t.equal(open.statusCode, 500)
+  t.equal(open.json().code, 'FST_SESSION_UNSUPPORTED')
+  const seal = await app.inject({ method: 'POST', url: '/set/a', payload: '1', headers: json })
+  t.equal(seal.statusCode, 503)
+  t.same(seal.json(), { statusCode: 503, code: 'FST_SESSION_STORE_UNAVAILABLE', error: 'Service Unavailable', message: 'The session store is unavailable' })
 })
 
 t.test("onStoreError 'continue' serves the request with an empty, unsaved session", async (t) => {
