@@ -41,7 +41,7 @@
  */
 import Database from 'better-sqlite3'
 import { registerProvider } from '../lib/registry.js'
-import { FST_SESSION_MISSING_TABLE, FST_SESSION_PROVIDER_OPTION, FST_SESSION_UNSUPPORTED } from '../lib/errors.js'
+import { FST_SESSION_INVALID_TABLE, FST_SESSION_MISSING_TABLE, FST_SESSION_PROVIDER_OPTION, FST_SESSION_UNSUPPORTED } from '../lib/errors.js'
 import { validateTableName } from '../lib/sql.js'
 import type { NewSession, SessionPatch, SessionProvider, StoredSession, UserSessionRecord } from '../lib/provider.js'
 
@@ -156,6 +156,9 @@ export class SqliteProvider implements SessionProvider {
       throw new FST_SESSION_PROVIDER_OPTION(SQLITE_PROVIDER, 'gcBatchSize must be a positive integer')
     }
     const table = validateTableName(tableName, { schemaQualified: false })
+    if (table.table.toLowerCase().startsWith('sqlite_')) {
+      throw new FST_SESSION_INVALID_TABLE(JSON.stringify(tableName), 'SQLite reserves names that begin with sqlite_')
+    }
     this.tableName = table.table
     this.gcBatchSize = gcBatchSize
     this.createTable = createTable

@@ -533,7 +533,7 @@ t.test('each call runs one statement, prepared once', async (t) => {
 })
 
 t.test('tableName', async (t) => {
-  for (const tableName of ['bad-name', 'main.sessions', '1sessions', 'a'.repeat(64), '', 'sessions;', 'sessions"', 'séssions', 42, null]) {
+  for (const tableName of ['bad-name', 'main.sessions', '1sessions', 'a'.repeat(64), '', 'sessions;', 'sessions"', 'séssions', 42, null, 'sqlite_sessions', 'SQLite_Sessions']) {
     t.throws(() => new SqliteProvider({ filename: ':memory:', tableName: tableName as string }), { code: 'FST_SESSION_INVALID_TABLE' }, `rejects ${JSON.stringify(tableName)}`)
   }
 
