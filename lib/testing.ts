@@ -250,6 +250,39 @@ export function testProvider<P extends SessionProvider> (t: Test, options: Confo
       t.equal(await provider.get(key), null, 'still gone')
     })
 
+    t.test('an update racing a destroy never brings the record back', async (t) => {
+      const provider = await open(t)
+      for (let round = 0; round < 10; round++) {
+        const key = newKey()
+        await provider.create(key, newSession())
+        await Promise.all([provider.update(key, patch({ set: new Map([['late', '1']]) })), provider.destroy(key)])
+        t.equal(await provider.get(key), null, `round ${round}: gone, whichever ran first`)
+      }
+    })
+
+    t.test('a delete of one key racing a set of another keeps both changes', async (t) => {
+      const provider = await open(t)
+      for (let round = 0; round < 10; round++) {
+        const key = newKey()
+        await provider.create(key, newSession([['a', '1'], ['b', '2']]))
+        await Promise.all([provider.update(key, patch({ delete: ['a'] })), provider.update(key, patch({ set: new Map([['c', '3']]) }))])
+        t.same((await provider.get(key))?.data, new Map([['b', '2'], ['c', '3']]), `round ${round}`)
+      }
+    })
+
+    t.test('two creates replacing one record at once: exactly one succeeds', async (t) => {
+      const provider = await open(t)
+      for (let round = 0; round < 10; round++) {
+        const oldKey = newKey()
+        const keys = [newKey(), newKey()]
+        await provider.create(oldKey, newSession())
+        const answers = await Promise.all(keys.map((key) => provider.create(key, newSession([['who', `"${key}"`]]), oldKey)))
+        t.same(answers.filter(Boolean), [true], `round ${round}: one answers true`)
+        const live = (await Promise.all(keys.map((key) => provider.get(key)))).filter((record) => record !== null)
+        t.equal(live.length, 1, `round ${round}: one record holds the session`)
+      }
+    })
+
     t.test('create never overwrites a live record', async (t) => {
       const provider = await open(t)
       const key = newKey()
@@ -281,6 +314,20 @@ export function testProvider<P extends SessionProvider> (t: Test, options: Confo
       t.equal(await provider.create(key, moved, oldKey), true, 'create answers true')
       t.equal(await provider.get(oldKey), null, 'the old key is gone')
       t.same((await provider.get(key))?.data, moved.data, 'the new key holds the new record')
+    })
+
+    t.test('create with replaces stores the new record\'s times, not the old one\'s', async (t) => {
+      const provider = await open(t)
+      const oldKey = newKey()
+      const key = newKey()
+      const now = Date.now()
+      await provider.create(oldKey, { ...newSession(), createdAt: now - 5000, lastSeenAt: now - 4000, expiresAt: now + HOUR })
+      const moved = { ...newSession(), createdAt: now - 3000, lastSeenAt: now - 1000, expiresAt: now + 2 * HOUR }
+      await provider.create(key, moved, oldKey)
+      const stored = await provider.get(key)
+      t.equal(stored?.createdAt, moved.createdAt)
+      t.equal(stored?.lastSeenAt, moved.lastSeenAt)
+      t.equal(stored?.expiresAt, moved.expiresAt)
     })
 
     t.test('create with a missing replaces creates nothing', async (t) => {
@@ -557,6 +604,18 @@ export function testProvider<P extends SessionProvider> (t: Test, options: Confo
       await provider.create(key, newSession(undefined, undefined, user))
       await provider.destroy(key)
       t.same(await provider.listByUser!(user, []), [])
+    })
+
+    t.test('create with replaces under another owner moves the session between users', noUsers, async (t) => {
+      const provider = await open(t)
+      const [oldKey, key] = [newKey(), newKey()]
+      const [before, after] = [generateId(), generateId()]
+      await provider.create(oldKey, newSession(undefined, undefined, before))
+      await provider.create(key, newSession(undefined, undefined, after), oldKey)
+      t.same(await provider.listByUser!(before, []), [], 'the former owner lists nothing')
+      t.same(keysOf(await provider.listByUser!(after, [])), [key], 'the new owner lists it')
+      t.equal(await provider.destroyByUser!(before), 0, 'the former owner cannot end it')
+      t.not(await provider.get(key), null)
     })
 
     t.test('create with replaces moves the user\'s entry to the new key', noUsers, async (t) => {
