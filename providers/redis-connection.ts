@@ -37,7 +37,7 @@ export interface RedisConnectionOptions {
 
 /** A call not answered within this long fails, and the connection is replaced. */
 export const COMMAND_TIMEOUT_MS = 2000
-/** How often the stall check runs; a stall is noticed within this much after the timeout. */
+/** How often the wait of the oldest call is checked: a call fails at most this much after its timeout. */
 const WATCH_INTERVAL_MS = 250
 /** After a failed connection attempt, calls fail at once for 100 ms, then 200 ms, … up to this. */
 const MAX_RETRY_DELAY_MS = 1000
@@ -45,6 +45,8 @@ const MAX_RETRY_DELAY_MS = 1000
 interface Pending {
   resolve: (reply: Reply) => void
   reject: (error: Error) => void
+  /** When the call was made, for the command timeout. */
+  sentAt: number
 }
 
 /** A reply the buffer does not hold in full yet. */
@@ -170,7 +172,6 @@ export class RedisConnection {
   #unparsed: Buffer[] | null = null
   #unparsedLength = 0
   #wanted = 0
-  #replies = 0
   #watch: NodeJS.Timeout | null = null
   #failedAttempts = 0
   #retryAt = 0
@@ -193,7 +194,7 @@ export class RedisConnection {
     if (this.#handshaking) this.#held += encode(args)
     else this.#queue(encode(args))
     return new Promise((resolve, reject) => {
-      this.#pending.push({ resolve, reject })
+      this.#pending.push({ resolve, reject, sentAt: Date.now() })
     })
   }
 
@@ -259,17 +260,15 @@ export class RedisConnection {
         },
         reject: (error) => {
           if (this.#socket === socket) this.#lost(failure(`Redis refused the connection: ${error.message}`, error))
-        }
+        },
+        sentAt: Date.now()
       })
     }
 
-    let seen = -1
-    let stalled = 0
+    // replies come in order, so the oldest call is the one that has waited longest
     this.#watch = setInterval(() => {
-      if (this.#pending.length === 0 || this.#replies !== seen) {
-        seen = this.#replies
-        stalled = 0
-      } else if (++stalled * WATCH_INTERVAL_MS >= COMMAND_TIMEOUT_MS) {
+      const oldest = this.#pending[0]
+      if (oldest !== undefined && Date.now() - oldest.sentAt >= COMMAND_TIMEOUT_MS) {
         this.#lost(failure(`Redis command timed out: no reply within ${COMMAND_TIMEOUT_MS} ms`))
       }
     }, WATCH_INTERVAL_MS).unref()
@@ -300,13 +299,14 @@ export class RedisConnection {
       }
       if (reply === INCOMPLETE) break
       at = parsedEnd
-      this.#replies++
       const pending = this.#pending.shift()
       if (pending === undefined) {
         this.#lost(failure('Redis connection lost: Redis sent a reply nobody asked for'))
         return
       }
-      if (this.status === 'connecting' && !this.#handshaking) this.#proven()
+      // an error can be the server turning the connection away (at its client
+      // limit, it answers the first command so and hangs up): no proof yet
+      if (this.status === 'connecting' && !this.#handshaking && !(reply instanceof RedisReplyError)) this.#proven()
       if (reply instanceof RedisReplyError) pending.reject(reply)
       else pending.resolve(reply)
       // a refused handshake has just replaced the connection

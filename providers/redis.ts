@@ -20,7 +20,8 @@ export interface RedisProviderOptions {
 
   /**
    * TLS options for a `rediss://` URL, passed to `tls.connect` (a private
-   * `ca`, a client `cert` and `key`).
+   * `ca`, a client `cert` and `key`). Refused with a `redis://` URL, which
+   * would ignore them.
    * @default undefined
    */
   tls?: ConnectionOptions
@@ -356,8 +357,10 @@ function ownConnection (url: unknown, tls: ConnectionOptions | undefined): Redis
     fail('the user or password in url is not valid percent-encoding')
   }
   const db = pathname.slice(1)
-  if (db !== '' && !/^\d+$/.test(db)) fail('the path of url must be a database number')
+  if (db !== '' && !/^(0|[1-9]\d*)$/.test(db)) fail('the path of url must be a database number')
   if (tls !== undefined && (typeof tls !== 'object' || tls === null)) fail('tls must be an object of tls.connect options')
+  // with redis:// the options would be ignored, and the password sent in clear
+  if (tls !== undefined && !url.startsWith('rediss://')) fail('tls goes with a rediss:// URL')
   return new RedisConnection(url, { tls })
 }
 

@@ -134,6 +134,31 @@ t.test('a server that accepts and hangs up or talks nonsense before any reply: a
   }
 })
 
+t.test('a server at its client limit, which answers the first command with an error and hangs up: a failed attempt too', async (t) => {
+  const server = await scripted(t, [(socket) => socket.end('-ERR max number of clients reached\r\n')])
+  const redis = open(t, server.url)
+  await t.rejects(redis.send(['X']), /max number of clients reached/)
+  await sleep(50)
+  await t.rejects(redis.send(['X']), /Redis is unreachable/, 'the next call, once the server hung up, does not even try')
+  t.equal(server.connections, 1)
+})
+
+t.test('each call has its own 2 s: a late answer within it succeeds, a call queued behind a slow one fails 2 s after it was made', async (t) => {
+  const late = await scripted(t, [(socket) => setTimeout(() => socket.write('+late\r\n'), 1900)])
+  t.equal(await open(t, late.url).send(['X']), 'late', 'answered after 1.9 s')
+
+  const slow = await scripted(t, [(socket) => setTimeout(() => socket.write('+first\r\n'), 1500)])
+  const redis = open(t, slow.url)
+  const first = redis.send(['FIRST'])
+  await sleep(1000)
+  const sent = Date.now()
+  const second = redis.send(['SECOND'])
+  t.equal(await first, 'first')
+  await t.rejects(second, /timed out: no reply within 2000 ms/)
+  const waited = Date.now() - sent
+  t.ok(waited >= 2000 && waited < 2450, `the second call failed ${waited} ms after it was made, not 2 s after the last reply`)
+})
+
 t.test('run() falls back to EVAL only on NOSCRIPT; other errors are the caller\'s', async (t) => {
   const script = new RedisScript('return 1')
   t.equal(script.sha, 'e0e1f9fabfc9d4800c877a703b823ac0578ff8db', 'the SHA-1 Redis gives the same source')

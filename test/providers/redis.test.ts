@@ -386,6 +386,8 @@ t.test('invalid options throw FST_SESSION_PROVIDER_OPTION', async (t) => {
     [{ url: 6379 }, /url must be/],
     [{ url: 'redis://[' }, /url must be/],
     [{ url: 'redis://127.0.0.1/sessions' }, /the path of url must be a database number/],
+    [{ url: 'redis://127.0.0.1/00' }, /the path of url must be a database number/],
+    [{ url: 'redis://127.0.0.1/1', tls: {} }, /tls goes with a rediss:\/\/ URL/],
     [{ url: 'redis://:%zz@127.0.0.1' }, /not valid percent-encoding/],
     [{ url: REDIS_URL, tls: 'yes' }, /tls must be an object/],
     [{ url: REDIS_URL, tls: null }, /tls must be an object/],
