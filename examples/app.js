@@ -5,10 +5,13 @@
 //   PORT=8080 SESSION_SECRET=... node examples/app.js
 //
 // CSRF: every state change is a POST, and the session cookie is SameSite=Lax
-// (the plugin's default), so browsers do not send it on POSTs from other sites
-// (cross-site forms or fetch). That is all this demo relies on. Lax does not
-// cover sibling subdomains (same site) or browsers without SameSite support,
-// so a real app should add CSRF tokens as well, e.g. @fastify/csrf-protection.
+// (the plugin's default), so browsers do not send it on POSTs from other sites.
+// That alone does not stop a cross-site form from signing a visitor in under
+// another name, or out (a POST needs no cookie to set or clear one), so POSTs
+// whose browser says they come from another site (Sec-Fetch-Site, else Origin)
+// are refused. Neither covers sibling subdomains (same site) or very old
+// browsers, so a real app should add CSRF tokens as well, e.g.
+// @fastify/csrf-protection.
 
 import { fileURLToPath } from 'node:url'
 import Fastify from 'fastify'
@@ -104,6 +107,16 @@ export async function build ({ secret, logger = false }) {
     userInfoKeys: ['userAgent', 'loginAt']
   })
 
+  app.addHook('onRequest', async function refuseCrossSitePosts (request, reply) {
+    if (request.method !== 'POST') return
+    const site = request.headers['sec-fetch-site']
+    const origin = request.headers.origin
+    const crossSite = site === undefined
+      ? origin !== undefined && origin !== `${request.protocol}://${request.host}`
+      : site !== 'same-origin' && site !== 'none'
+    if (crossSite) return reply.code(403).type('text/plain; charset=utf-8').send('Cross-site requests are refused.')
+  })
+
   // Routes that need a signed-in user send everyone else back to the login form.
   async function requireUser (request, reply) {
     if (request.session.get('userId') === undefined) return reply.redirect('/', 303)
@@ -132,9 +145,12 @@ export async function build ({ secret, logger = false }) {
   app.post('/login', { schema: { body: loginBody } }, async (request, reply) => {
     // A new id at login, so an id planted in the browser beforehand (session
     // fixation) is worthless afterwards.
+    const { username } = request.body
+    // JSON bodies can carry half a surrogate pair, which no session store keeps
+    if (!username.isWellFormed()) return reply.code(400).type('text/plain; charset=utf-8').send('The username is not valid text.')
     await request.session.regenerate()
-    request.session.set('userId', request.body.username)
-    request.session.set('userAgent', request.headers['user-agent'])
+    request.session.set('userId', username)
+    request.session.set('userAgent', request.headers['user-agent'] || 'an unnamed browser')
     request.session.set('loginAt', Date.now())
     return reply.redirect('/', 303)
   })

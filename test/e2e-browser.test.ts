@@ -87,6 +87,34 @@ async function main (): Promise<void> {
     t.throws(() => example.config({ PORT: '65536' }, warn), /PORT must be a port number/)
   })
 
+  t.test('a POST from another site is refused, so it can neither sign a visitor in under another name nor out', async (t) => {
+    const app = await example.build({ secret: SECRET })
+    t.teardown(() => app.close())
+    const form = { 'content-type': 'application/x-www-form-urlencoded', host: 'app.test' }
+    const login = async (headers: Record<string, string>): Promise<number> =>
+      (await app.inject({ method: 'POST', url: '/login', payload: 'username=mallory', headers: { ...form, ...headers } })).statusCode
+    t.equal(await login({ 'sec-fetch-site': 'cross-site', origin: 'https://evil.test' }), 403, 'a browser that says cross-site')
+    t.equal(await login({ 'sec-fetch-site': 'same-site', origin: 'http://sub.app.test' }), 403, 'a sibling subdomain')
+    t.equal(await login({ origin: 'https://evil.test' }), 403, 'an older browser that only sends Origin')
+    const logout = await app.inject({ method: 'POST', url: '/logout', headers: { ...form, 'sec-fetch-site': 'cross-site' } })
+    t.equal(logout.statusCode, 403)
+    t.equal(logout.headers['set-cookie'], undefined, 'no cookie is cleared')
+    t.equal(await login({ 'sec-fetch-site': 'same-origin', origin: 'http://app.test' }), 303, 'the app\'s own form')
+    t.equal(await login({ origin: 'http://app.test' }), 303, 'its own form in an older browser')
+    t.equal(await login({}), 303, 'a client that sends neither (curl)')
+  })
+
+  t.test('a username that is not well-formed text gets a 400, and a browser without a name shows as unnamed', async (t) => {
+    const app = await example.build({ secret: SECRET })
+    t.teardown(() => app.close())
+    const bad = await app.inject({ method: 'POST', url: '/login', payload: '{"username":"\\ud800"}', headers: { 'content-type': 'application/json' } })
+    t.equal(bad.statusCode, 400)
+    const login = await app.inject({ method: 'POST', url: '/login', payload: 'username=ada', headers: { 'content-type': 'application/x-www-form-urlencoded', 'user-agent': '' } })
+    const cookie = login.cookies.find((c) => c.name === 'sessionid')?.value as string
+    const list = await app.inject({ url: '/sessions', headers: { cookie: `sessionid=${cookie}` } })
+    t.match(list.body, '<td class="ua">an unnamed browser</td>')
+  })
+
   t.test('node examples/app.js listens on PORT and prints its URL', async (t) => {
     const env: NodeJS.ProcessEnv = { ...process.env, PORT: '0' }
     delete env.SESSION_SECRET
