@@ -42,7 +42,7 @@ export interface SessionPluginBaseOptions {
   secret: string | readonly string[] | undefined
   /** Name of the session cookie. @default 'sessionid' */
   cookieName?: string
-  /** Session cookie attributes. */
+  /** Session cookie attributes; each has its own default. @default {} */
   cookie?: SessionCookieOptions
   /** Idle timeout in seconds (may be fractional). @default 3600 */
   maxLifetime?: number
@@ -79,13 +79,24 @@ type NamedProviderOptions = {
   [Name in keyof SessionProviders]: {
     /** A registered provider name. @default 'memory' */
     provider: Name
-    /** Options for that provider's factory. */
-    providerOptions?: SessionProviders[Name]
-  }
+  } & ({} extends SessionProviders[Name]
+    ? {
+        /** Options for that provider's factory. @default {} */
+        providerOptions?: SessionProviders[Name]
+      }
+    : {
+        /** Options for that provider's factory: required, since some of them are. */
+        providerOptions: SessionProviders[Name]
+      })
 }[keyof SessionProviders]
 
 type DefaultProviderOptions = SessionProviders extends { memory: infer MemoryOptions }
-  ? { provider?: undefined, providerOptions?: MemoryOptions }
+  ? {
+      /** The provider: absent, the embedded `memory` one. @default 'memory' */
+      provider?: undefined
+      /** Options of the memory provider. @default {} */
+      providerOptions?: MemoryOptions
+    }
   : never
 
 /** Options of the session plugin. */
@@ -95,6 +106,7 @@ export type SessionPluginOptions = SessionPluginBaseOptions & (
   | {
     /** A provider instance, e.g. another app's `fastify.sessions.provider`. The plugin does not close it. */
     provider: SessionProvider | StatelessSessionProvider
+    /** Not taken with an instance, which is already configured. */
     providerOptions?: undefined
   }
 )

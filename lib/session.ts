@@ -119,7 +119,7 @@ export class Session {
    * with a lone surrogate, which no store keeps as it is) and
    * `FST_SESSION_TOO_LARGE` when the session would outgrow `maxSessionSize`.
    */
-  set<Key extends string> (key: Key, value: SessionValue<Key>): void {
+  set<Key extends string> (key: Key, value: SessionValue<Key> | undefined): void {
     if (value === undefined) {
       this.delete(key)
       return
