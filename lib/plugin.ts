@@ -91,7 +91,7 @@ async function fastifySessions (fastify: FastifyInstance, options: SessionPlugin
       done()
       return
     }
-    reply.code(503).header('content-type', 'application/json; charset=utf-8').send(STORE_UNAVAILABLE_BODY)
+    unavailable(reply).send(STORE_UNAVAILABLE_BODY)
   }
 
   function saveFailed (request: FastifyRequest, reply: FastifyReply, payload: unknown, done: OnSendDone, err: Error): void {
@@ -106,7 +106,7 @@ async function fastifySessions (fastify: FastifyInstance, options: SessionPlugin
       return
     }
     discard(payload)
-    reply.code(503).header('content-type', 'application/json; charset=utf-8')
+    unavailable(reply)
     done(null, STORE_UNAVAILABLE_BODY)
   }
 
@@ -172,6 +172,11 @@ async function fastifySessions (fastify: FastifyInstance, options: SessionPlugin
       await provider.close?.()
     })
   }
+}
+
+/** Readies the reply for STORE_UNAVAILABLE_BODY. */
+function unavailable (reply: FastifyReply): FastifyReply {
+  return reply.code(503).header('content-type', 'application/json; charset=utf-8')
 }
 
 /**
