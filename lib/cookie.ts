@@ -80,26 +80,42 @@ export class VerifiedCookies {
   #lookup (value: string): VerifiedCookie | null {
     const known = this.#verified.get(value)
     if (known !== undefined) return known
-    const verified = this.#signer.verify(value)
-    if (verified === null) return null
+    const checked = this.#signer.verify(value)
+    if (checked === null) return null
+    // `value` and its id are slices of the request's Cookie header, and V8
+    // keeps a slice's whole parent alive: remembered as they are, each entry
+    // would hold up to a header's worth of memory (tens of kilobytes).
+    // A value that verifies is ASCII, so a latin1 round trip copies it exactly.
+    const own = Buffer.from(value, 'latin1').toString('latin1')
+    const verified = { id: own.slice(0, checked.id.length), key: checked.key, renew: checked.renew }
     if (this.#verified.size >= this.#capacity) {
       if (this.#evictor === null) this.#evictor = this.#verified.keys()
       this.#verified.delete(this.#evictor.next().value as string)
     }
-    this.#verified.set(value, verified)
+    this.#verified.set(own, verified)
     return verified
   }
 }
 
 /**
+ * How many values of the session cookie's name a header may offer before the
+ * rest are ignored. Browsers send one per path and domain that set it, so a
+ * few at most; each costs a signature check (per secret) or a decryption (per
+ * key), so hundreds in one header would be a cheap way to burn server CPU.
+ */
+export const MAX_SAME_NAME_COOKIES = 8
+
+/**
  * Calls `accept` with each value of cookie `name` in a `Cookie` header, in
- * order, until it answers something other than `null`. A header may carry
- * the same name several times (a parent-domain cookie beside ours); the first
- * value that verifies wins.
+ * order, until it answers something other than `null`, trying at most
+ * `MAX_SAME_NAME_COOKIES` values. A header may carry the same name several
+ * times (a parent-domain cookie beside ours); the first value that verifies
+ * wins.
  */
 export function findCookie<T> (header: string, name: string, accept: (value: string) => T | null): T | null {
   let from = 0
-  while (from < header.length) {
+  let tries = 0
+  while (from < header.length && tries < MAX_SAME_NAME_COOKIES) {
     const at = header.indexOf(name, from)
     if (at === -1) return null
     from = at + name.length
@@ -111,6 +127,7 @@ export function findCookie<T> (header: string, name: string, accept: (value: str
     if (raw.length === 0 || raw.length > MAX_COOKIE_LENGTH) continue
     const value = decode(raw)
     if (value === null) continue
+    tries++
     const result = accept(value)
     if (result !== null) return result
   }

@@ -25,7 +25,7 @@ function isPromise<T> (value: Settled<T>): value is Promise<T> {
   return typeof (value as Promise<T> | null)?.then === 'function'
 }
 
-/** How many verified cookies are remembered: about 1.5 MB at most. */
+/** How many verified cookies are remembered: about 2 MB at most. */
 const VERIFIED_COOKIES = 10_000
 
 /** 22 base64url characters: 132 bits of the keyed hash. */
@@ -101,7 +101,15 @@ export class SessionManager {
     if (destroyByUser === undefined) throw new FST_SESSION_UNSUPPORTED('ending sessions by user', 'it has no destroyByUser()')
     const { except } = options
     let exceptKey: string | undefined
-    if (except instanceof Session) {
+    if (except instanceof Session && except.regenerated && !except.destroyed && !except.unloaded && except.previousKey !== null) {
+      // A regenerated session moves to its new key only when it is saved.
+      // Sparing its old record until then would let another request holding
+      // the old cookie move it first (its own regenerate()), and that copy
+      // would survive. So the old record ends now, before the others, and the
+      // save creates the new one outright; if it was gone already, the save
+      // still finds out, as a regenerate of an ended session does.
+      if (await this.destroyKey(except.previousKey)) except.previousEnded()
+    } else if (except instanceof Session) {
       exceptKey = except.previousKey ?? except.key
     } else if (typeof except === 'string') {
       exceptKey = await this.#keyOfHandle(user, except)

@@ -191,10 +191,12 @@ function resolveCookie (cookieName: string, cookie: SessionCookieOptions = {}): 
   if (attributes.partitioned && attributes.secure === false) {
     invalid('cookie.partitioned', 'a partitioned cookie must be Secure')
   }
-  if (cookieName.startsWith('__Secure-') && attributes.secure !== true) {
+  // browsers match the prefixes without regard to case (RFC 6265bis)
+  const prefix = cookieName.slice(0, 9).toLowerCase()
+  if (prefix === '__secure-' && attributes.secure !== true) {
     invalid('cookieName', 'a __Secure- cookie needs cookie.secure: true')
   }
-  if (cookieName.startsWith('__Host-') &&
+  if (prefix.startsWith('__host-') &&
     (attributes.secure !== true || attributes.path !== '/' || attributes.domain !== undefined)) {
     invalid('cookieName', 'a __Host- cookie needs cookie.secure: true, path "/" and no domain')
   }

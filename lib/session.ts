@@ -31,6 +31,8 @@ const LONE_SURROGATE = /\p{Cs}/u
 const REGENERATED = 1
 const DESTROYED = 2
 const TOUCH = 4
+/** The record the session was loaded from was ended already, ahead of the save that creates its new one. */
+const PREVIOUS_ENDED = 8
 
 /**
  * One request's view of a session. Values live as JSON texts, as the store
@@ -177,7 +179,7 @@ export class Session {
    */
   async regenerate (): Promise<void> {
     this.#writable()
-    if (this.#record !== null && this.#previousKey === null) this.#previousKey = this.key
+    this.#previousKey = this.#storedKey()
     this.#id = generateId()
     this.#key = null
     this.#flags |= REGENERATED
@@ -189,7 +191,7 @@ export class Session {
    */
   async destroy (): Promise<void> {
     if (this.#flags & DESTROYED) return
-    const key = this.#previousKey ?? (this.#record !== null ? this.key : null)
+    const key = this.#storedKey()
     // The session is only marked ended once the store has ended it: a failed
     // logout must not clear the cookie of a session that is still alive.
     if (key !== null) await this.#manager.destroyKey(key)
@@ -218,6 +220,12 @@ export class Session {
   standIn (key: string | null, err: Error): void {
     this.#previousKey = key
     this.#loadError = err
+  }
+
+  /** @internal The record `regenerate()` moves away from was ended already: the save creates the new one outright. */
+  previousEnded (): void {
+    this.#previousKey = null
+    this.#flags |= PREVIOUS_ENDED
   }
 
   /** @internal Whether this session stands in for one the store failed to load. */
@@ -274,6 +282,12 @@ export class Session {
       }
     }
     return entries
+  }
+
+  /** The key the store holds this session's record under, if it holds one. */
+  #storedKey (): string | null {
+    if (this.#previousKey !== null) return this.#previousKey
+    return this.#record !== null && (this.#flags & PREVIOUS_ENDED) === 0 ? this.key : null
   }
 
   #stored (): ReadonlyMap<string, string> {

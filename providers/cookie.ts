@@ -15,8 +15,10 @@
  * additional data.
  *
  * The trade-offs of keeping state in the client:
- * - A session cannot be revoked before its `expiresAt`: a copied cookie
- *   keeps working until then, logout only clears the browser's copy, and
+ * - A session cannot be revoked: a copied cookie keeps working, and since
+ *   any cookie that opens is resealed with a later deadline once
+ *   `touchAfter` has passed, a copy replayed within each idle period lasts
+ *   until the absolute deadline. Logout only clears the browser's copy, and
  *   `regenerate()` does not invalidate the previous value. Keep lifetimes
  *   short.
  * - Everything stored travels on every request, and a cookie holds 4096

@@ -1,6 +1,8 @@
 import t from 'tap'
+import { setFlagsFromString } from 'node:v8'
+import { runInNewContext } from 'node:vm'
 import { sign, unsign } from '@fastify/cookie'
-import { CookieSigner, findCookie, VerifiedCookies } from '../lib/cookie.js'
+import { CookieSigner, findCookie, MAX_SAME_NAME_COOKIES, VerifiedCookies } from '../lib/cookie.js'
 import { generateId, isWellFormedId, storeKey } from '../lib/id.js'
 import { SECRET, OLD_SECRET } from './fixtures/app.js'
 
@@ -41,6 +43,18 @@ t.test('findCookie finds values only at a cookie boundary and stops at the first
   t.equal(findCookie('sid=%67ood', 'sid', accept), 'good')
 })
 
+t.test('findCookie tries a bounded number of values of the name, so a stuffed header costs little', async (t) => {
+  let tries = 0
+  const accept = (value: string): string | null => { tries++; return value === 'good' ? value : null }
+  const bad = Array.from({ length: 300 }, (_, i) => `sid=bad${i}`).join('; ')
+  t.equal(findCookie(`${bad}; sid=good`, 'sid', accept), null, 'a value after the limit is not looked at')
+  t.equal(tries, MAX_SAME_NAME_COOKIES)
+  tries = 0
+  const fewer = Array.from({ length: MAX_SAME_NAME_COOKIES - 1 }, (_, i) => `sid=bad${i}`).join('; ')
+  t.equal(findCookie(`other=1; ${fewer}; sid=; sid=%zz; sid=good`, 'sid', accept), 'good', 'empty and undecodable values do not count')
+  t.equal(tries, MAX_SAME_NAME_COOKIES)
+})
+
 t.test('verified cookies are remembered up to a capacity, oldest out first, and failures never', async (t) => {
   const signer = new CookieSigner([SECRET])
   const cookies = new VerifiedCookies(signer, 2)
@@ -74,4 +88,26 @@ t.test('the verified-cookie cache stays first in, first out through many evictio
   t.same(again, answers[last - 3])
   t.not(cookies.verify(values[last - 2]), answers[last - 2], 'and bringing it back evicted the oldest one held')
   t.equal(cookies.verify(values[last]), answers[last], 'the newest is untouched')
+})
+
+t.test('the verified-cookie cache keeps copies of the values, not the Cookie headers they were cut from', async (t) => {
+  setFlagsFromString('--expose-gc')
+  const gc = runInNewContext('gc') as () => void
+  const signer = new CookieSigner([SECRET])
+  const cookies = new VerifiedCookies(signer, 10_000)
+  const pad = 'x'.repeat(20_000)
+  const count = 2000
+  const values = Array.from({ length: count }, () => signer.sign(generateId()))
+  gc()
+  const before = process.memoryUsage().heapUsed
+  let verified = 0
+  for (const value of values) {
+    // a fresh 20 kB header each time, as each request brings its own
+    const found = findCookie('sessionid=' + value + '; pad=' + pad, 'sessionid', cookies.verify)
+    if (found !== null && value.startsWith(found.id + '.')) verified++
+  }
+  gc()
+  const perEntry = (process.memoryUsage().heapUsed - before) / count
+  t.equal(verified, count, 'every cookie was found and verified')
+  t.ok(perEntry < 1000, `${Math.round(perEntry)} bytes per remembered cookie, not the 20 kB header it came in`)
 })

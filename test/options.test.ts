@@ -48,7 +48,9 @@ t.test('registration fails with a coded error for each invalid option', async (t
     ['a __Secure- name without secure: true', { cookieName: '__Secure-sid' }],
     ["a __Host- name with secure: 'auto'", { cookieName: '__Host-sid' }],
     ['a __Host- name with a domain', { cookieName: '__Host-sid', cookie: { secure: true, domain: 'example.com' } }],
-    ['a __Host- name with a path', { cookieName: '__Host-sid', cookie: { secure: true, path: '/app' } }]
+    ['a __Host- name with a path', { cookieName: '__Host-sid', cookie: { secure: true, path: '/app' } }],
+    ['a __host- name, in any case, with a domain', { cookieName: '__host-sid', cookie: { secure: true, domain: 'example.com' } }],
+    ['a __SECURE- name, in any case, without secure: true', { cookieName: '__SECURE-sid' }]
   ]
   for (const [name, options] of cases) {
     const err = await registrationError({ secret: SECRET, ...options })

@@ -151,3 +151,93 @@ t.test('a provider without a user index answers with a coded error', async (t) =
   await t.rejects(app.sessions.destroyUserSession('ada', 'x'.repeat(22)), { code: 'FST_SESSION_UNSUPPORTED' })
   t.equal(await app.sessions.gc(), 0, 'no sweep to run')
 })
+
+t.test('regenerate() then destroyOtherSessions(): a request holding the old cookie cannot move the session away and survive', async (t) => {
+  for (const provider of ['memory', new AsyncMemoryProvider()] as const) {
+    const app = await appWithUserRoutes(t, { provider })
+    let passed!: () => void
+    const pastDestroy = new Promise<void>((resolve) => { passed = resolve })
+    let release!: () => void
+    const gate = new Promise<void>((resolve) => { release = resolve })
+    app.post('/password', async (request) => {
+      await request.session.regenerate()
+      const ended = await request.session.destroyOtherSessions()
+      passed()
+      await gate // e.g. sending a notification before the response
+      return { ended }
+    })
+    app.post('/regenerate', async (request) => {
+      await request.session.regenerate()
+      return {}
+    })
+    const stolen = await loginAs(app, 'ada', 'phone')
+    await loginAs(app, 'ada', 'laptop')
+    const change = app.inject({ method: 'POST', url: '/password', headers: cookieHeader(stolen) })
+    await pastDestroy
+    const thief = await app.inject({ method: 'POST', url: '/regenerate', headers: cookieHeader(stolen) })
+    release()
+    const changed = await change
+    t.same(changed.json(), { ended: 1 }, 'the laptop ended; the old record of this session is not counted')
+    const moved = sessionCookie(thief)
+    if (moved !== undefined) {
+      t.same((await app.inject({ url: '/get/userId', headers: cookieHeader(moved) })).json(), { value: null }, "the thief's regenerate kept nothing")
+    }
+    const mine = sessionCookie(changed) as string
+    t.ok(mine, 'the password change answered with its new cookie')
+    t.same((await app.inject({ url: '/get/userId', headers: cookieHeader(mine) })).json(), { value: 'ada' })
+    t.same((await app.inject({ url: '/get/userId', headers: cookieHeader(stolen) })).json(), { value: null }, 'the old cookie opens nothing')
+    const { handle, sessions } = (await app.inject({ url: '/mine', headers: cookieHeader(mine) })).json()
+    t.same(sessions.map((s: { handle: string }) => s.handle), [handle], 'one session is left: the one that changed the password')
+  }
+})
+
+t.test('regenerate() then destroyOtherSessions() of a session ended meanwhile: nothing survives, nothing is saved', async (t) => {
+  const app = await appWithUserRoutes(t)
+  app.post('/password', async (request) => {
+    await request.session.regenerate()
+    await app.sessions.destroyUserSessions('ada')
+    return { ended: await request.session.destroyOtherSessions() }
+  })
+  const cookie = await loginAs(app, 'ada', 'phone')
+  const res = await app.inject({ method: 'POST', url: '/password', headers: cookieHeader(cookie) })
+  t.same(res.json(), { ended: 0 })
+  t.equal(sessionCookie(res), undefined, 'no new session was created for a session that had ended')
+  t.same(await app.sessions.listUserSessions('ada'), [])
+})
+
+t.test('regenerate() again after destroyOtherSessions() still saves the session, under its newest id', async (t) => {
+  const app = await appWithUserRoutes(t)
+  app.post('/twice', async (request) => {
+    await request.session.regenerate()
+    const ended = await request.session.destroyOtherSessions()
+    await request.session.regenerate()
+    return { ended }
+  })
+  const cookie = await loginAs(app, 'ada', 'phone')
+  await loginAs(app, 'ada', 'laptop')
+  const res = await app.inject({ method: 'POST', url: '/twice', headers: cookieHeader(cookie) })
+  t.same(res.json(), { ended: 1 })
+  const latest = sessionCookie(res) as string
+  t.ok(latest)
+  t.same((await app.inject({ url: '/get/userId', headers: cookieHeader(latest) })).json(), { value: 'ada' })
+  t.equal((await app.sessions.listUserSessions('ada')).length, 1)
+})
+
+t.test('destroy() after regenerate() and destroyOtherSessions() ends the session and asks the store for nothing more', async (t) => {
+  const provider = new AsyncMemoryProvider()
+  const app = await appWithUserRoutes(t, { provider })
+  let destroys = 0
+  const destroy = provider.destroy.bind(provider)
+  provider.destroy = async (key) => { destroys++; return await destroy(key) }
+  app.post('/leave', async (request) => {
+    await request.session.regenerate()
+    await request.session.destroyOtherSessions()
+    await request.session.destroy()
+    return {}
+  })
+  const cookie = await loginAs(app, 'ada', 'phone')
+  const res = await app.inject({ method: 'POST', url: '/leave', headers: cookieHeader(cookie) })
+  t.equal(sessionCookie(res), '', 'the cookie is cleared')
+  t.equal(destroys, 1, 'only the old record was deleted; the new id was never stored')
+  t.same(await app.sessions.listUserSessions('ada'), [])
+})
