@@ -4,7 +4,7 @@ export const FST_SESSION_INVALID_OPTION = createError<[string, string]>(
   'FST_SESSION_INVALID_OPTION', 'Invalid session option "%s": %s', 500, TypeError)
 
 export const FST_SESSION_UNKNOWN_PROVIDER = createError<[string, string]>(
-  'FST_SESSION_UNKNOWN_PROVIDER', 'Unknown session provider "%s". Did you forget import \'fastify-sessions/providers/%s\'?', 500)
+  'FST_SESSION_UNKNOWN_PROVIDER', 'Unknown session provider "%s". %s', 500)
 
 export const FST_SESSION_PROVIDER_CONFLICT = createError<[string]>(
   'FST_SESSION_PROVIDER_CONFLICT', 'A different session provider is already registered as "%s"', 500)

@@ -16,6 +16,9 @@ export interface SessionProviders {}
 
 const factories = new Map<string, ProviderFactory>()
 
+/** The providers this package ships besides `memory`, each registered by importing its module. */
+const BUNDLED = new Set(['redis', 'postgres', 'sqlite', 'connect', 'cookie'])
+
 /**
  * Makes `factory` available under `name`, as Go's `session.Register` does from
  * a provider package's `init`. Registering the same factory twice is a no-op
@@ -43,7 +46,9 @@ export function registerProvider<Name extends string> (
 export function getProvider (name: string): ProviderFactory {
   const factory = factories.get(name)
   if (factory === undefined) {
-    throw new FST_SESSION_UNKNOWN_PROVIDER(name, name)
+    throw new FST_SESSION_UNKNOWN_PROVIDER(name, BUNDLED.has(name)
+      ? `Did you forget import 'fastify-sessions/providers/${name}'?`
+      : 'Import the module that registers it (registerProvider) before registering the plugin, or check the name.')
   }
   return factory
 }

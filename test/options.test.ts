@@ -67,9 +67,12 @@ t.test('valid edge options register', async (t) => {
 })
 
 t.test('an unknown provider name fails registration with the import that fixes it', async (t) => {
+  const bundled = await registrationError({ secret: SECRET, provider: 'postgres' })
+  t.equal(bundled?.code, 'FST_SESSION_UNKNOWN_PROVIDER')
+  t.equal(bundled?.message, 'Unknown session provider "postgres". Did you forget import \'fastify-sessions/providers/postgres\'?')
   const err = await registrationError({ secret: SECRET, provider: 'nosuchstore' })
   t.equal(err?.code, 'FST_SESSION_UNKNOWN_PROVIDER')
-  t.equal(err?.message, 'Unknown session provider "nosuchstore". Did you forget import \'fastify-sessions/providers/nosuchstore\'?')
+  t.equal(err?.message, 'Unknown session provider "nosuchstore". Import the module that registers it (registerProvider) before registering the plugin, or check the name.', 'no import is suggested for a module this package does not have')
 })
 
 t.test('a provider instance missing a method fails registration', async (t) => {
