@@ -39,6 +39,8 @@ export interface RedisConnectionOptions {
 export const COMMAND_TIMEOUT_MS = 2000
 /** How often the wait of the oldest call is checked: a call fails at most this much after its timeout. */
 const WATCH_INTERVAL_MS = 250
+/** Size of the buffer a plain TCP connection reads replies into. */
+const READ_BUFFER_BYTES = 65536
 /** After a failed connection attempt, calls fail at once for 100 ms, then 200 ms, … up to this. */
 const MAX_RETRY_DELAY_MS = 1000
 
@@ -227,9 +229,26 @@ export class RedisConnection {
     const url = this.#url
     const host = url.hostname.replace(/^\[(.*)\]$/, '$1')
     const port = url.port === '' ? 6379 : Number(url.port)
-    const socket = url.protocol === 'rediss:'
-      ? tls.connect({ host, port, servername: net.isIP(host) === 0 ? host : undefined, ...this.#tls })
-      : net.connect({ host, port })
+    let socket: net.Socket
+    if (url.protocol === 'rediss:') {
+      socket = tls.connect({ host, port, servername: net.isIP(host) === 0 ? host : undefined, ...this.#tls })
+      socket.on('data', (chunk: Buffer) => this.#read(socket, chunk))
+    } else {
+      // replies land in one buffer kept for the connection, and reach the
+      // parser without a Buffer per read or the stream machinery in between
+      const replies = Buffer.allocUnsafe(READ_BUFFER_BYTES)
+      socket = net.connect({
+        host,
+        port,
+        onread: {
+          buffer: replies,
+          callback: (length) => {
+            this.#read(socket, replies.subarray(0, length))
+            return true
+          }
+        }
+      })
+    }
     socket.setNoDelay(true)
     socket.setKeepAlive(true, 30_000)
     this.#socket = socket
@@ -239,7 +258,6 @@ export class RedisConnection {
     socket.on('close', () => {
       if (this.#socket === socket) this.#lost(failure(`Redis connection lost: ${cause?.message ?? 'closed by the server'}`, cause))
     })
-    socket.on('data', (chunk: Buffer) => this.#read(socket, chunk))
 
     const handshake: string[][] = []
     const password = decodeURIComponent(url.password)
@@ -283,7 +301,8 @@ export class RedisConnection {
   #read (socket: net.Socket, chunk: Buffer): void {
     let buffer = chunk
     if (this.#unparsed !== null) {
-      this.#unparsed.push(chunk)
+      // a copy: the read buffer is overwritten by the next read
+      this.#unparsed.push(Buffer.from(chunk))
       this.#unparsedLength += chunk.length
       if (this.#unparsedLength < this.#wanted) return
       buffer = Buffer.concat(this.#unparsed, this.#unparsedLength)
@@ -315,7 +334,7 @@ export class RedisConnection {
     if (at === buffer.length) {
       this.#unparsed = null
     } else {
-      this.#unparsed = [buffer.subarray(at)]
+      this.#unparsed = [Buffer.from(buffer.subarray(at))]
       this.#unparsedLength = buffer.length - at
       this.#wanted = wanted - at
     }
