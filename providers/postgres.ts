@@ -44,6 +44,13 @@ import type { NewSession, SessionPatch, SessionProvider, StoredSession, UserSess
 /** Milliseconds a query waits for a connection of the pool the provider made. */
 const CONNECTION_TIMEOUT = 2000
 
+/**
+ * For the 'error' events of connections: the statement under way when a
+ * connection breaks fails on its own, and the pool replaces the connection,
+ * but an event nobody listens to would end the process.
+ */
+function dropConnectionError (): void {}
+
 /** Options of the `postgres` provider. Give exactly one of `pool` and `connectionString`. */
 export interface PostgresProviderOptions {
   /**
@@ -76,6 +83,17 @@ export interface PostgresProviderOptions {
    * @default 1000
    */
   gcBatchSize?: number
+  /**
+   * Milliseconds after which a statement on the pool the provider made fails
+   * for want of an answer, and its connection is dropped (pg's
+   * `query_timeout`). Without it a connection whose server stopped answering
+   * (a dead route, a frozen host) would stay checked out for good: once all
+   * are, every request fails until a restart, and `close()` never ends. Keep
+   * it above the slowest statement (a sweep batch). A pool handed in keeps
+   * its own settings.
+   * @default 5000
+   */
+  queryTimeout?: number
 }
 
 declare module '../lib/registry.js' {
@@ -135,7 +153,7 @@ export class PostgresProvider implements SessionProvider {
   }
 
   constructor (options: PostgresProviderOptions) {
-    const { pool, connectionString, tableName = 'sessions', createTable = true, gcBatchSize = 1000 } = options ?? {}
+    const { pool, connectionString, tableName = 'sessions', createTable = true, gcBatchSize = 1000, queryTimeout = 5000 } = options ?? {}
     if ((pool === undefined) === (connectionString === undefined)) {
       throw new FST_SESSION_PROVIDER_OPTION(POSTGRES_PROVIDER, 'give exactly one of pool and connectionString')
     }
@@ -151,6 +169,13 @@ export class PostgresProvider implements SessionProvider {
     if (!Number.isSafeInteger(gcBatchSize) || gcBatchSize < 1) {
       throw new FST_SESSION_PROVIDER_OPTION(POSTGRES_PROVIDER, 'gcBatchSize must be a positive integer')
     }
+    // above 2^31 - 1 Node fires timers after 1 ms
+    if (!Number.isSafeInteger(queryTimeout) || queryTimeout < 1 || queryTimeout > 2 ** 31 - 1) {
+      throw new FST_SESSION_PROVIDER_OPTION(POSTGRES_PROVIDER, 'queryTimeout must be a whole number of milliseconds from 1 to 2147483647')
+    }
+    if (pool !== undefined && options.queryTimeout !== undefined) {
+      throw new FST_SESSION_PROVIDER_OPTION(POSTGRES_PROVIDER, 'queryTimeout goes with connectionString; set query_timeout on the pool handed in')
+    }
     this.table = validateTableName(tableName, { schemaQualified: true })
     this.tableName = tableName
     this.createTable = createTable
@@ -160,11 +185,9 @@ export class PostgresProvider implements SessionProvider {
     if (pool === undefined) {
       // A bounded wait for a connection: otherwise a query the plugin gave up on
       // (storeTimeout) waits in the pool's queue and may still run much later.
-      this.pool = new pg.Pool({ connectionString, connectionTimeoutMillis: CONNECTION_TIMEOUT })
-      // An idle connection the server drops emits 'error' on the pool, which
-      // would crash the process unheard. The pool replaces it on next use and
-      // a failing query rejects on its own, so there is nothing more to do.
-      this.pool.on('error', function ignoreIdleClientError () {})
+      this.pool = new pg.Pool({ connectionString, connectionTimeoutMillis: CONNECTION_TIMEOUT, query_timeout: queryTimeout })
+      // an idle connection the server drops emits 'error' on the pool
+      this.pool.on('error', dropConnectionError)
       this.ownsPool = true
     } else {
       this.pool = pool
@@ -208,15 +231,7 @@ export class PostgresProvider implements SessionProvider {
   async prepare (): Promise<void> {
     if (await this.tableExists(this.pool)) return
     if (!this.createTable) throw new FST_SESSION_MISSING_TABLE(JSON.stringify(this.tableName))
-    const client = await this.pool.connect()
-    try {
-      await this.createSchema(client)
-    } catch (err) {
-      // Dropping the connection aborts the transaction and frees the lock.
-      client.release(err as Error)
-      throw err
-    }
-    client.release()
+    await this.withClient((client) => this.createSchema(client))
   }
 
   async get (key: string): Promise<StoredSession | null> {
@@ -232,19 +247,13 @@ export class PostgresProvider implements SessionProvider {
     }
     // Two statements in a transaction: if the new key turns out to be taken,
     // the rollback brings the old row back, so a failed create changes nothing.
-    const client = await this.pool.connect()
-    try {
+    return await this.withClient(async (client) => {
       await client.query('BEGIN')
       const deleted = await client.query(this.sql.deleteLive, [replaces, values[6]])
       const created = deleted.rowCount === 1 && (await client.query(this.sql.create, values)).rowCount === 1
       await client.query(created ? 'COMMIT' : 'ROLLBACK')
-      client.release()
       return created
-    } catch (err) {
-      // Dropping the connection aborts whatever transaction it had open.
-      client.release(err as Error)
-      throw err
-    }
+    })
   }
 
   async update (key: string, patch: SessionPatch): Promise<boolean> {
@@ -277,18 +286,7 @@ export class PostgresProvider implements SessionProvider {
    * another instance is already sweeping this table it answers 0 at once.
    */
   async gc (): Promise<number> {
-    const client = await this.pool.connect()
-    let removed: number
-    try {
-      removed = await this.sweep(client)
-    } catch (err) {
-      // Dropping the connection ends its session, and with it the advisory
-      // lock, should the unlock itself have failed.
-      client.release(err as Error)
-      throw err
-    }
-    client.release()
-    return removed
+    return await this.withClient((client) => this.sweep(client))
   }
 
   async listByUser (user: string, infoKeys: readonly string[]): Promise<UserSessionRecord[]> {
@@ -310,6 +308,29 @@ export class PostgresProvider implements SessionProvider {
   close (): Promise<void> {
     if (this.ownsPool) this.closing ??= this.pool.end()
     return this.closing ?? Promise.resolve()
+  }
+
+  /**
+   * Runs `work` on one connection, for statements that must share it. pg-pool
+   * stops listening for a connection's errors while it is checked out, so
+   * this does. A failure drops the connection, which aborts any transaction
+   * it had open and ends its session, advisory locks included, should the
+   * unlock itself have failed.
+   */
+  private async withClient<T> (work: (client: PoolClient) => Promise<T>): Promise<T> {
+    const client = await this.pool.connect()
+    client.on('error', dropConnectionError)
+    let result: T
+    try {
+      result = await work(client)
+    } catch (err) {
+      // still listened to: a connection being dropped may yet report its end
+      client.release(err as Error)
+      throw err
+    }
+    client.off('error', dropConnectionError)
+    client.release()
+    return result
   }
 
   private async tableExists (db: Pool | PoolClient): Promise<boolean> {

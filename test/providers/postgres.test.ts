@@ -77,7 +77,11 @@ t.test('option errors', async function (t) {
     { connectionString: 42 },
     { pool, createTable: 'yes' },
     { pool, gcBatchSize: 0 },
-    { pool, gcBatchSize: 1.5 }
+    { pool, gcBatchSize: 1.5 },
+    { connectionString: DATABASE_URL, queryTimeout: 0 },
+    { connectionString: DATABASE_URL, queryTimeout: 2 ** 31 },
+    { connectionString: DATABASE_URL, queryTimeout: '5000' },
+    { pool, queryTimeout: 1000 }
   ]
   for (const options of bad) {
     await t.rejects(createPostgresProvider(options as PostgresProviderOptions), { code: 'FST_SESSION_PROVIDER_OPTION' }, JSON.stringify(options))

@@ -63,6 +63,55 @@ t.test('with PostgreSQL', async (t) => {
     t.equal((await app.inject({ method: 'POST', url: '/set/a', payload: '1', headers: { ...json, ...cookieHeader(cookie) } })).statusCode, 200)
   })
 
+  t.test('a connection reset while the provider holds a pooled connection fails that call, and only that call: the process goes on', async (t) => {
+    const uncaught: unknown[] = []
+    const onUncaught = (err: unknown): void => { uncaught.push(err) }
+    process.on('uncaughtException', onUncaught)
+    t.teardown(() => process.off('uncaughtException', onUncaught))
+    const proxy = await startProxy(t, DATABASE_URL, 5432)
+    const tableName = table()
+    dropAfter(tableName)
+    const provider = await createPostgresProvider({ connectionString: proxy.url(DATABASE_URL), tableName })
+    t.teardown(() => provider.close())
+    const now = Date.now()
+    const record = { data: new Map([['a', '1']]), createdAt: now, lastSeenAt: now, expiresAt: now + 60_000, user: 'ada' }
+    t.equal(await provider.create('old', record), true)
+
+    proxy.cutOn = 'BEGIN' // inside the transaction of a replacing create
+    await t.rejects(provider.create('new', record, 'old'))
+    proxy.cutOn = 'pg_try_advisory_lock' // the sweep, on its own connection
+    await t.rejects(provider.gc())
+    proxy.cutOn = null
+    t.equal(await provider.create('new', record, 'old'), true, 'the pool connects again, and the failed create had changed nothing')
+    t.equal(await provider.gc(), 0)
+    await sleep(50)
+    t.same(uncaught, [], 'no uncaught exception')
+  })
+
+  t.test('connections that stop answering are dropped after queryTimeout, so the pool recovers and close() ends', async (t) => {
+    const proxy = await startProxy(t, DATABASE_URL, 5432)
+    const tableName = table()
+    dropAfter(tableName)
+    const provider = await createPostgresProvider({ connectionString: proxy.url(DATABASE_URL), tableName, queryTimeout: 300 })
+    let closed = false
+    t.teardown(async () => { if (!closed) await provider.close() })
+    // every connection of the pool (10 at most) open, then all turned into black holes
+    await Promise.all(Array.from({ length: 10 }, () => provider.get('x')))
+    proxy.stallOpen()
+    const started = performance.now()
+    const stuck = Promise.allSettled(Array.from({ length: 10 }, () => provider.get('x')))
+    const outcome = await Promise.race([stuck, sleep(3000, 'still waiting' as const)])
+    t.not(outcome, 'still waiting', 'every call on a dead connection ends')
+    if (outcome === 'still waiting') return
+    t.ok(outcome.every((result) => result.status === 'rejected'), 'as a failure')
+    t.comment(`calls on dead connections failed after ${Math.round(performance.now() - started)} ms`)
+    t.equal(await provider.get('x'), null, 'new connections answer')
+    const closing = performance.now()
+    await provider.close()
+    closed = true
+    t.ok(performance.now() - closing < 1000, 'close() ends promptly')
+  })
+
   t.test('a provider handed a pool on a closed port answers 503 within storeTimeout', async (t) => {
     const pool = new pg.Pool({ host: '127.0.0.1', port: await freePort(), user: 'postgres', database: 'test', max: 2 })
     t.teardown(() => pool.end())
