@@ -75,10 +75,16 @@ async function fastifySessions (fastify: FastifyInstance, options: SessionPlugin
   const { provider, owned } = await resolveProvider(options)
   const manager = new SessionManager(provider, resolved)
 
+  try {
+    fastify.decorate('sessions', manager)
+    // another session plugin (or this one, twice) has it already
+    fastify.decorateRequest('session', null as unknown as Session)
+  } catch (err) {
+    // the provider made for this registration would outlive it: a pool, a file
+    if (owned) await provider.close?.()
+    throw err
+  }
   if (!fastify.hasPlugin('@fastify/cookie')) await fastify.register(fastifyCookie)
-
-  fastify.decorate('sessions', manager)
-  fastify.decorateRequest('session', null as unknown as Session)
 
   function loadFailed (request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction, err: Error): void {
     if (!isStoreFailure(err)) {
@@ -94,20 +100,17 @@ async function fastifySessions (fastify: FastifyInstance, options: SessionPlugin
     unavailable(reply).send(STORE_UNAVAILABLE_BODY)
   }
 
-  function saveFailed (request: FastifyRequest, reply: FastifyReply, payload: unknown, done: OnSendDone, err: Error): void {
+  /** The payload to send after a failed save; throws what is not a store failure. */
+  function saveFailed (request: FastifyRequest, reply: FastifyReply, payload: unknown, err: Error): unknown {
     if (!isStoreFailure(err)) {
       discard(payload)
-      done(err)
-      return
+      throw err
     }
     manager.warn(request.log, err, 'saving the session')
-    if (resolved.onStoreError === 'continue') {
-      done(null, payload)
-      return
-    }
+    if (resolved.onStoreError === 'continue') return payload
     discard(payload)
     unavailable(reply)
-    done(null, STORE_UNAVAILABLE_BODY)
+    return STORE_UNAVAILABLE_BODY
   }
 
   fastify.addHook('onRequest', function loadSession (request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction) {
@@ -135,7 +138,12 @@ async function fastifySessions (fastify: FastifyInstance, options: SessionPlugin
     }, (err: Error) => loadFailed(request, reply, done, err))
   })
 
-  fastify.addHook('onSend', function saveSession (request: FastifyRequest, reply: FastifyReply, payload: unknown, done: OnSendDone) {
+  // Synchronous saves call `done`; an asynchronous one returns its promise
+  // instead, so that Fastify itself continues the response when it settles:
+  // whatever throws on the way out (a header with CR LF refused by Node) then
+  // becomes Fastify's 500, where a `done` called from a promise reaction would
+  // throw into that promise, unhandled, and take the process down.
+  fastify.addHook('onSend', function saveSession (request: FastifyRequest, reply: FastifyReply, payload: unknown, done: OnSendDone): Promise<unknown> | undefined {
     const session = request.session
     if (session === null || session.saved) {
       done(null, payload)
@@ -146,14 +154,21 @@ async function fastifySessions (fastify: FastifyInstance, options: SessionPlugin
     try {
       saving = manager.save(session, request, reply)
     } catch (err) {
-      saveFailed(request, reply, payload, done, err as Error)
+      let replacement: unknown
+      try {
+        replacement = saveFailed(request, reply, payload, err as Error)
+      } catch (fault) {
+        done(fault as Error)
+        return
+      }
+      done(null, replacement)
       return
     }
     if (saving === undefined) {
       done(null, payload)
       return
     }
-    saving.then(() => done(null, payload), (err: Error) => saveFailed(request, reply, payload, done, err))
+    return saving.then(() => payload, (err: Error) => saveFailed(request, reply, payload, err))
   })
 
   if ('gc' in provider && provider.gc !== undefined && resolved.gcIntervalMs > 0) {
@@ -174,8 +189,16 @@ async function fastifySessions (fastify: FastifyInstance, options: SessionPlugin
   }
 }
 
+/**
+ * Headers describing a payload that the error body replaces. Hooks that ran
+ * before the save (compression, caching) may have set them, and a client
+ * would then try to gunzip plain JSON.
+ */
+const PAYLOAD_HEADERS = ['content-encoding', 'content-length', 'content-range', 'content-disposition', 'content-language', 'etag', 'last-modified']
+
 /** Readies the reply for STORE_UNAVAILABLE_BODY. */
 function unavailable (reply: FastifyReply): FastifyReply {
+  for (const name of PAYLOAD_HEADERS) reply.removeHeader(name)
   return reply.code(503).header('content-type', 'application/json; charset=utf-8')
 }
 

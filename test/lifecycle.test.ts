@@ -4,7 +4,7 @@ import sessions from '../index.js'
 import { storeKey } from '../lib/id.js'
 import { CookieSigner } from '../lib/cookie.js'
 import { build, cookieHeader, sessionCookie, setCookies, SECRET } from './fixtures/app.js'
-import { RecordingProvider } from './fixtures/providers.js'
+import { AsyncMemoryProvider, RecordingProvider } from './fixtures/providers.js'
 
 const idOf = (cookie: string): string => cookie.slice(0, cookie.lastIndexOf('.'))
 
@@ -300,4 +300,25 @@ t.test('changes are persisted before the response leaves, so the request after a
   t.equal(go.statusCode, 303)
   const res = await app.inject({ url: go.headers.location as string, headers: cookieHeader(sessionCookie(go) as string) })
   t.same(res.json(), { value: 'saved' })
+})
+
+t.test('a response Node refuses to write after an asynchronous save is a 500, not a crash', async (t) => {
+  const rejections: unknown[] = []
+  const onRejection = (reason: unknown): void => { rejections.push(reason) }
+  process.on('unhandledRejection', onRejection)
+  t.teardown(() => process.off('unhandledRejection', onRejection))
+  for (const provider of ['memory', new AsyncMemoryProvider()] as const) {
+    const app = await build(t, { provider })
+    app.get<{ Querystring: { next: string } }>('/login', async (request, reply) => {
+      request.session.set('userId', 'ada')
+      return reply.redirect(request.query.next)
+    })
+    await app.listen({ port: 0, host: '127.0.0.1' })
+    const base = `http://127.0.0.1:${(app.server.address() as { port: number }).port}`
+    const res = await fetch(`${base}/login?next=/home%0d%0aX:1`, { redirect: 'manual' })
+    t.equal(res.status, 500, `a header holding CR LF is Fastify's 500 (${typeof provider === 'string' ? provider : 'asynchronous store'})`)
+    t.equal((await fetch(`${base}/none`)).status, 200, 'and the server goes on')
+  }
+  await new Promise((resolve) => setImmediate(resolve))
+  t.same(rejections, [], 'no unhandled rejection')
 })

@@ -134,6 +134,33 @@ t.test('a provider that cannot start fails registration with a coded error carry
   t.equal((await registrationError({ secret: SECRET, provider: 'sqlite', providerOptions: { filename: '/nonexistent-directory/sessions.db' } }))?.code, 'FST_SESSION_STORE_UNAVAILABLE', 'a SQLite file that cannot be opened')
 })
 
+t.test('a registration that fails after making its provider closes it; a provider handed in stays open', async (t) => {
+  const closed: string[] = []
+  registerProvider('closing-probe', (options: { name: string }) => {
+    const provider = createMemoryProvider()
+    provider.close = () => { closed.push(options.name) }
+    return provider
+  })
+  const twice = Fastify()
+  t.teardown(() => twice.close())
+  await twice.register(sessions, { secret: SECRET, provider: 'closing-probe', providerOptions: { name: 'first' } } as unknown as SessionPluginOptions)
+  await t.rejects(async () => { await twice.register(sessions, { secret: SECRET, provider: 'closing-probe', providerOptions: { name: 'second' } } as unknown as SessionPluginOptions) }, { code: 'FST_ERR_DEC_ALREADY_PRESENT' })
+  t.same(closed, ['second'], 'the second provider was closed, the first one is in use')
+
+  // another session plugin decorates request.session already
+  const other = Fastify()
+  other.decorateRequest('session', null as never)
+  await t.rejects(async () => { await other.register(sessions, { secret: SECRET, provider: 'closing-probe', providerOptions: { name: 'beside another plugin' } } as unknown as SessionPluginOptions) }, { code: 'FST_ERR_DEC_ALREADY_PRESENT' })
+  t.same(closed, ['second', 'beside another plugin'])
+
+  const handedIn = createMemoryProvider()
+  handedIn.close = () => { closed.push('handed in') }
+  const third = Fastify()
+  third.decorateRequest('session', null as never)
+  await t.rejects(async () => { await third.register(sessions, { secret: SECRET, provider: handedIn }) }, { code: 'FST_ERR_DEC_ALREADY_PRESENT' })
+  t.same(closed, ['second', 'beside another plugin'], 'a provider the app handed in is the app\'s to close')
+})
+
 t.test('the memory provider rejects a bad maxSessions at registration', async (t) => {
   const err = await registrationError({ secret: SECRET, providerOptions: { maxSessions: 0 } })
   t.equal(err?.code, 'FST_SESSION_PROVIDER_OPTION')

@@ -1,8 +1,11 @@
 import t from 'tap'
 import { createReadStream, type ReadStream } from 'node:fs'
 import { Writable } from 'node:stream'
+import { gunzipSync, gzipSync } from 'node:zlib'
+import Fastify from 'fastify'
+import sessions from '../index.js'
 import { fileURLToPath } from 'node:url'
-import { build, cookieHeader, sessionCookie, setCookies } from './fixtures/app.js'
+import { build, cookieHeader, sessionCookie, setCookies, SECRET } from './fixtures/app.js'
 import { FailingProvider, RecordingProvider } from './fixtures/providers.js'
 import { FST_SESSION_UNSUPPORTED } from '../lib/errors.js'
 
@@ -73,6 +76,36 @@ t.test('a failed save answers 503 and sets no cookie: nothing is reported saved 
   t.equal(warnings(logs).length, 1)
   t.match(warnings(logs)[0].msg, /while saving the session/)
   t.same(errors(logs), [])
+})
+
+t.test('a 503 for a failed save drops the headers that described the payload it replaces, such as a compression hook\'s', async (t) => {
+  for (const onStoreError of ['fail', 'continue'] as const) {
+    const provider = new FailingProvider()
+    const app = Fastify()
+    t.teardown(() => app.close())
+    // runs before the plugin's save, as a compression plugin registered first does
+    app.addHook('onSend', async (_request, reply, payload) => {
+      reply.header('content-encoding', 'gzip').header('etag', '"v1"')
+      return gzipSync(String(payload))
+    })
+    await app.register(sessions, { secret: SECRET, provider, onStoreError })
+    app.post('/set/a', async (request) => {
+      request.session.set('a', 1)
+      return { ok: true }
+    })
+    provider.mode = 'throw'
+    const res = await app.inject({ method: 'POST', url: '/set/a' })
+    if (onStoreError === 'fail') {
+      t.equal(res.statusCode, 503)
+      t.equal(res.headers['content-encoding'], undefined, 'no content-encoding on the plain JSON body')
+      t.equal(res.headers.etag, undefined)
+      t.equal(res.json().code, 'FST_SESSION_STORE_UNAVAILABLE')
+    } else {
+      t.equal(res.statusCode, 200, "'continue' keeps the response, and its headers with it")
+      t.equal(res.headers['content-encoding'], 'gzip')
+      t.same(JSON.parse(gunzipSync(res.rawPayload).toString()), { ok: true })
+    }
+  }
 })
 
 t.test('a stream the handler returned is closed when its session cannot be saved, so no file descriptor is left open', async (t) => {
