@@ -4,7 +4,7 @@ import { CookieSigner, CookieWriter, findCookie, MAX_COOKIE_LENGTH, VerifiedCook
 import { FST_SESSION_COOKIE_TOO_LARGE, FST_SESSION_INVALID_USER, FST_SESSION_STORE_UNAVAILABLE, FST_SESSION_UNSUPPORTED } from './errors.js'
 import { storeKey } from './id.js'
 import type { ResolvedOptions } from './options.js'
-import { isStateless, type SealedSession, type SessionPatch, type SessionProvider, type StatelessSessionProvider, type StoredSession } from './provider.js'
+import { isStateless, type NewSession, type SealedSession, type SessionPatch, type SessionProvider, type StatelessSessionProvider, type StoredSession } from './provider.js'
 import { Session, userOf } from './session.js'
 
 /** One session of a user, as `listUserSessions` shows it. Times are epoch milliseconds. */
@@ -48,7 +48,7 @@ export class SessionManager {
   readonly #store: SessionProvider | null
   readonly #sealer: StatelessSessionProvider | null
 
-  /** @internal */
+  /** Made by the plugin; applications use `fastify.sessions`. */
   constructor (provider: SessionProvider | StatelessSessionProvider, options: ResolvedOptions) {
     this.provider = provider
     this.#store = isStateless(provider) ? null : provider
@@ -101,16 +101,17 @@ export class SessionManager {
     if (destroyByUser === undefined) throw new FST_SESSION_UNSUPPORTED('ending sessions by user', 'it has no destroyByUser()')
     const { except } = options
     let exceptKey: string | undefined
-    if (except instanceof Session && except.regenerated && !except.destroyed && !except.unloaded && except.previousKey !== null) {
-      // A regenerated session moves to its new key only when it is saved.
-      // Sparing its old record until then would let another request holding
-      // the old cookie move it first (its own regenerate()), and that copy
-      // would survive. So the old record ends now, before the others, and the
-      // save creates the new one outright; if it was gone already, the save
-      // still finds out, as a regenerate of an ended session does.
-      if (await this.destroyKey(except.previousKey)) except.previousEnded()
+    if (except instanceof Session && except.moveDue) {
+      // A regenerated session moves to its new id when it is saved. Sparing
+      // its old record until then would leave a window: another request
+      // holding the old cookie could move the session first (its own
+      // regenerate()) and escape, and a logout everywhere run meanwhile could
+      // not see the new one. So the move happens now, and the others end
+      // after it; if the old record had ended already, every session ends.
+      if (await this.#moveNow(except)) exceptKey = except.key
     } else if (except instanceof Session) {
-      exceptKey = except.previousKey ?? except.key
+      // saved, a regenerated session is under its new id
+      exceptKey = except.saved && except.regenerated ? except.key : except.previousKey ?? except.key
     } else if (typeof except === 'string') {
       exceptKey = await this.#keyOfHandle(user, except)
     }
@@ -202,13 +203,16 @@ export class SessionManager {
       if (changes === null && !session.regenerated) return
       return this.#create(session, request, reply)
     }
+    // moved ahead of the save, the session is stored under its new id whatever this write does
+    const moved = session.movedEarly
+    if (moved) this.#setCookie(reply, request, session.id)
     const now = Date.now()
     const expiresAt = this.deadline(record.createdAt, now)
     // A request that only reads writes nothing until touchAfter has passed,
     // nor once the absolute deadline caps the idle one.
     if (changes === null && !session.touchRequested &&
       (now - record.lastSeenAt < this.options.touchAfterMs || expiresAt === record.expiresAt)) {
-      if (session.renew) this.#setCookie(reply, request, session.id)
+      if (session.renew && !moved) this.#setCookie(reply, request, session.id)
       return
     }
     let updated: Settled<boolean>
@@ -265,19 +269,39 @@ export class SessionManager {
     this.#setCookie(reply, request, value, false)
   }
 
-  #create (session: Session, request: FastifyRequest, reply: FastifyReply): Promise<void> | undefined {
-    const data = session.entries()
-    const replaces = session.previousKey ?? undefined
-    if (data.size === 0 && replaces === undefined) return
+  /**
+   * Stores a regenerated session under its new id at once, replacing its old
+   * record; answers whether it did. When the old record had ended, the
+   * session is marked ended.
+   */
+  async #moveNow (session: Session): Promise<boolean> {
+    session.changes()
+    const record = this.#newRecord(session, session.entries())
+    const store = this.#store as SessionProvider
+    const created = await this.#call(() => store.create(session.key, record, session.previousKey ?? undefined))
+    if (created) session.moved(record)
+    else session.ended()
+    return created
+  }
+
+  /** The record a session is created with, holding `data`. */
+  #newRecord (session: Session, data: Map<string, string>): NewSession {
     const now = Date.now()
     const userJson = data.get(this.options.userKey)
-    const record = {
+    return {
       data,
       createdAt: session.createdAt,
       lastSeenAt: now,
       expiresAt: this.deadline(session.createdAt, now),
       user: userJson === undefined ? null : userOf(this.options.userKey, JSON.parse(userJson))
     }
+  }
+
+  #create (session: Session, request: FastifyRequest, reply: FastifyReply): Promise<void> | undefined {
+    const data = session.entries()
+    const replaces = session.previousKey ?? undefined
+    if (data.size === 0 && replaces === undefined) return
+    const record = this.#newRecord(session, data)
     let created: Settled<boolean>
     try {
       created = (this.#store as SessionProvider).create(session.key, record, replaces)
@@ -300,7 +324,7 @@ export class SessionManager {
 
   /** A write to a session destroyed meanwhile is dropped: no cookie refers to it. */
   #updated (updated: boolean, session: Session, request: FastifyRequest, reply: FastifyReply): void {
-    if (updated && (session.renew || this.options.cookie.maxAge !== undefined)) this.#setCookie(reply, request, session.id)
+    if (updated && !session.movedEarly && (session.renew || this.options.cookie.maxAge !== undefined)) this.#setCookie(reply, request, session.id)
   }
 
   #patch (changes: Map<string, string | null> | null, lastSeenAt: number, expiresAt: number, owned: boolean): SessionPatch {

@@ -31,8 +31,8 @@ const LONE_SURROGATE = /\p{Cs}/u
 const REGENERATED = 1
 const DESTROYED = 2
 const TOUCH = 4
-/** The record the session was loaded from was ended already, ahead of the save that creates its new one. */
-const PREVIOUS_ENDED = 8
+/** A regenerated session already stored under its new id (see `moved`): the cookie goes out on this response. */
+const MOVED = 8
 
 /**
  * One request's view of a session. Values live as JSON texts, as the store
@@ -63,7 +63,7 @@ export class Session {
   /** @internal Set once the session was handed to the store, so an error response does not save it again. */
   saved = false
 
-  /** @internal */
+  /** Made by the plugin for each request; applications use `request.session`. */
   constructor (manager: SessionManager, id: string | null, key: string | null, record: StoredSession | null, now: number, renew: boolean) {
     this.#manager = manager
     this.renew = renew
@@ -195,12 +195,7 @@ export class Session {
     // The session is only marked ended once the store has ended it: a failed
     // logout must not clear the cookie of a session that is still alive.
     if (key !== null) await this.#manager.destroyKey(key)
-    this.#ownerAtDestroy = this.get(this.#manager.options.userKey)
-    this.#flags |= DESTROYED
-    // later reads on this request see what the store now holds: nothing
-    this.#record = null
-    this.#objects = null
-    this.#pending = null
+    this.ended()
   }
 
   /** Ends every other session of this session's user; answers how many ended. */
@@ -222,10 +217,44 @@ export class Session {
     this.#loadError = err
   }
 
-  /** @internal The record `regenerate()` moves away from was ended already: the save creates the new one outright. */
-  previousEnded (): void {
+  /**
+   * @internal Whether `regenerate()` is still to move a stored record to the
+   * new id, which the save would do.
+   */
+  get moveDue (): boolean {
+    return (this.#flags & (REGENERATED | DESTROYED)) === REGENERATED && this.#previousKey !== null &&
+      this.#loadError === null && !this.saved
+  }
+
+  /**
+   * @internal The store now holds `record` under the new id, ahead of the
+   * save: the session goes on from there as a stored one, and the save sends
+   * its cookie.
+   */
+  moved (record: StoredSession): void {
+    this.#record = record
+    this.#pending = null
     this.#previousKey = null
-    this.#flags |= PREVIOUS_ENDED
+    this.#flags = (this.#flags & ~REGENERATED) | MOVED
+  }
+
+  /**
+   * @internal Marks the session ended: after `destroy()`, or when the record
+   * `regenerate()` was to move had ended meanwhile (a logout elsewhere). Later
+   * reads on this request see what the store now holds, nothing; changes are
+   * refused, and the save clears the cookie.
+   */
+  ended (): void {
+    this.#ownerAtDestroy = this.get(this.#manager.options.userKey)
+    this.#flags |= DESTROYED
+    this.#record = null
+    this.#objects = null
+    this.#pending = null
+  }
+
+  /** @internal Whether the session was moved to its new id before the save (the cookie is still to send). */
+  get movedEarly (): boolean {
+    return (this.#flags & MOVED) !== 0
   }
 
   /** @internal Whether this session stands in for one the store failed to load. */
@@ -286,8 +315,7 @@ export class Session {
 
   /** The key the store holds this session's record under, if it holds one. */
   #storedKey (): string | null {
-    if (this.#previousKey !== null) return this.#previousKey
-    return this.#record !== null && (this.#flags & PREVIOUS_ENDED) === 0 ? this.key : null
+    return this.#previousKey ?? (this.#record !== null ? this.key : null)
   }
 
   #stored (): ReadonlyMap<string, string> {

@@ -2,7 +2,7 @@ import t from 'tap'
 import { CookieSigner } from '../lib/cookie.js'
 import type { SessionProvider } from '../lib/provider.js'
 import { build, cookieHeader, sessionCookie, SECRET } from './fixtures/app.js'
-import { AsyncMemoryProvider } from './fixtures/providers.js'
+import { AsyncMemoryProvider, FailingProvider } from './fixtures/providers.js'
 
 const json = { 'content-type': 'application/json' }
 
@@ -201,8 +201,72 @@ t.test('regenerate() then destroyOtherSessions() of a session ended meanwhile: n
   const cookie = await loginAs(app, 'ada', 'phone')
   const res = await app.inject({ method: 'POST', url: '/password', headers: cookieHeader(cookie) })
   t.same(res.json(), { ended: 0 })
-  t.equal(sessionCookie(res), undefined, 'no new session was created for a session that had ended')
+  t.equal(sessionCookie(res), '', 'the session had ended: no new one was created, and the cookie is cleared')
   t.same(await app.sessions.listUserSessions('ada'), [])
+})
+
+t.test('regenerate() then destroyOtherSessions(): a logout everywhere run before the response leaves still ends the session', async (t) => {
+  for (const provider of ['memory', new AsyncMemoryProvider()] as const) {
+    const app = await appWithUserRoutes(t, { provider })
+    let passed!: () => void
+    const pastDestroy = new Promise<void>((resolve) => { passed = resolve })
+    let release!: () => void
+    const gate = new Promise<void>((resolve) => { release = resolve })
+    app.post('/password', async (request) => {
+      await request.session.regenerate()
+      const ended = await request.session.destroyOtherSessions()
+      passed()
+      await gate
+      request.session.set('changedAt', 1)
+      return { ended }
+    })
+    const cookie = await loginAs(app, 'ada', 'phone')
+    const change = app.inject({ method: 'POST', url: '/password', headers: cookieHeader(cookie) })
+    await pastDestroy
+    t.equal(await app.sessions.destroyUserSessions('ada'), 1, 'the ban sees the session under its new id')
+    release()
+    const res = await change
+    t.equal(res.statusCode, 200)
+    const moved = sessionCookie(res)
+    if (moved !== undefined) t.same((await app.inject({ url: '/get/userId', headers: cookieHeader(moved) })).json(), { value: null }, 'the new cookie opens nothing')
+    t.same((await app.inject({ url: '/get/userId', headers: cookieHeader(cookie) })).json(), { value: null })
+    t.same(await app.sessions.listUserSessions('ada'), [], 'nothing was saved after the ban')
+  }
+})
+
+t.test('destroyOtherSessions() once the response is saved spares the session under its new id', async (t) => {
+  const app = await appWithUserRoutes(t)
+  const ended: number[] = []
+  app.addHook('onResponse', async (request) => {
+    if (request.url === '/login') ended.push(await request.session.destroyOtherSessions())
+  })
+  await loginAs(app, 'ada', 'laptop')
+  const first = await loginAs(app, 'ada', 'phone')
+  // a login again from a stored session: regenerate() moves it at the save
+  const again = await app.inject({ method: 'POST', url: '/login', payload: { user: 'ada' }, headers: { ...json, ...cookieHeader(first), 'user-agent': 'phone' } })
+  const phone = sessionCookie(again) as string
+  t.same(ended, [0, 1, 0], 'the laptop ended after the phone first logged in')
+  t.same((await app.inject({ url: '/get/userId', headers: cookieHeader(phone) })).json(), { value: 'ada' }, 'the phone\'s new session lives')
+})
+
+t.test('after the move, a failed save still sends the cookie of the session it moved, which lives on', async (t) => {
+  const provider = new FailingProvider()
+  const app = await appWithUserRoutes(t, { provider })
+  app.post('/password', async (request) => {
+    await request.session.regenerate()
+    const ended = await request.session.destroyOtherSessions()
+    request.session.set('changedAt', 1)
+    provider.mode = 'throw'
+    return { ended }
+  })
+  const cookie = await loginAs(app, 'ada', 'phone')
+  const res = await app.inject({ method: 'POST', url: '/password', headers: cookieHeader(cookie) })
+  provider.mode = 'ok'
+  t.equal(res.statusCode, 503, 'the last change was not saved')
+  const moved = sessionCookie(res) as string
+  t.ok(moved, 'but the session was moved, and its new cookie goes out')
+  t.same((await app.inject({ url: '/get/userId', headers: cookieHeader(moved) })).json(), { value: 'ada' }, 'so the user stays logged in')
+  t.same((await app.inject({ url: '/get/changedAt', headers: cookieHeader(moved) })).json(), { value: null })
 })
 
 t.test('regenerate() again after destroyOtherSessions() still saves the session, under its newest id', async (t) => {
