@@ -79,12 +79,12 @@ async function fastifySessions (fastify: FastifyInstance, options: SessionPlugin
     fastify.decorate('sessions', manager)
     // another session plugin (or this one, twice) has it already
     fastify.decorateRequest('session', null as unknown as Session)
+    if (!fastify.hasPlugin('@fastify/cookie')) await fastify.register(fastifyCookie)
   } catch (err) {
     // the provider made for this registration would outlive it: a pool, a file
     if (owned) await provider.close?.()
     throw err
   }
-  if (!fastify.hasPlugin('@fastify/cookie')) await fastify.register(fastifyCookie)
 
   function loadFailed (request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction, err: Error): void {
     if (!isStoreFailure(err)) {
@@ -196,10 +196,10 @@ async function fastifySessions (fastify: FastifyInstance, options: SessionPlugin
  */
 const PAYLOAD_HEADERS = ['content-encoding', 'content-length', 'content-range', 'content-disposition', 'content-language', 'etag', 'last-modified']
 
-/** Readies the reply for STORE_UNAVAILABLE_BODY. */
+/** Readies the reply for STORE_UNAVAILABLE_BODY, which no cache may keep. */
 function unavailable (reply: FastifyReply): FastifyReply {
   for (const name of PAYLOAD_HEADERS) reply.removeHeader(name)
-  return reply.code(503).header('content-type', 'application/json; charset=utf-8')
+  return reply.code(503).header('content-type', 'application/json; charset=utf-8').header('cache-control', 'no-store')
 }
 
 /**
@@ -209,7 +209,12 @@ function unavailable (reply: FastifyReply): FastifyReply {
  */
 function discard (payload: unknown): void {
   if (payload instanceof Readable) payload.destroy()
+  else if (payload instanceof ReadableStream) payload.cancel().catch(ignore)
+  else if (payload instanceof Response) payload.body?.cancel().catch(ignore)
 }
+
+/** For the cancellation of a stream nobody reads: its failure has no one to tell. */
+function ignore (): void {}
 
 /**
  * Fastify's standard error JSON, sent as data so the failure is logged once,
@@ -223,4 +228,4 @@ const STORE_UNAVAILABLE_BODY = JSON.stringify({
   message: 'The session store is unavailable'
 })
 
-export const sessions = fp(fastifySessions, { fastify: '5.x', name: 'fastify-sessions' })
+export const sessions = fp(fastifySessions, { fastify: '^5.11.0', name: 'fastify-sessions' })

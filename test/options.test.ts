@@ -153,12 +153,18 @@ t.test('a registration that fails after making its provider closes it; a provide
   await t.rejects(async () => { await other.register(sessions, { secret: SECRET, provider: 'closing-probe', providerOptions: { name: 'beside another plugin' } } as unknown as SessionPluginOptions) }, { code: 'FST_ERR_DEC_ALREADY_PRESENT' })
   t.same(closed, ['second', 'beside another plugin'])
 
+  // @fastify/cookie, which the plugin registers, cannot decorate request.cookies
+  const noCookies = Fastify()
+  noCookies.decorateRequest('cookies', null as never)
+  await t.rejects(async () => { await noCookies.register(sessions, { secret: SECRET, provider: 'closing-probe', providerOptions: { name: 'cookie plugin refused' } } as unknown as SessionPluginOptions) }, { code: 'FST_ERR_DEC_ALREADY_PRESENT' })
+  t.same(closed, ['second', 'beside another plugin', 'cookie plugin refused'])
+
   const handedIn = createMemoryProvider()
   handedIn.close = () => { closed.push('handed in') }
   const third = Fastify()
   third.decorateRequest('session', null as never)
   await t.rejects(async () => { await third.register(sessions, { secret: SECRET, provider: handedIn }) }, { code: 'FST_ERR_DEC_ALREADY_PRESENT' })
-  t.same(closed, ['second', 'beside another plugin'], 'a provider the app handed in is the app\'s to close')
+  t.same(closed, ['second', 'beside another plugin', 'cookie plugin refused'], 'a provider the app handed in is the app\'s to close')
 })
 
 t.test('the memory provider rejects a bad maxSessions at registration', async (t) => {

@@ -72,6 +72,7 @@ t.test('a failed save answers 503 and sets no cookie: nothing is reported saved 
   t.equal(res.statusCode, 503)
   t.same(res.json(), { statusCode: 503, code: 'FST_SESSION_STORE_UNAVAILABLE', error: 'Service Unavailable', message: 'The session store is unavailable' }, 'the cause stays out of the response')
   t.equal(res.headers['content-type'], 'application/json; charset=utf-8')
+  t.equal(res.headers['cache-control'], 'no-store', 'no cache keeps the 503')
   t.same(setCookies(res), [])
   t.equal(warnings(logs).length, 1)
   t.match(warnings(logs)[0].msg, /while saving the session/)
@@ -135,6 +136,40 @@ t.test('a stream the handler returned is closed when its session cannot be saved
   t.equal(tooLarge.json().code, 'FST_SESSION_TOO_LARGE')
   t.equal(streams.length, 2)
   t.ok(streams.every((stream) => stream.destroyed), 'both streams were destroyed')
+})
+
+t.test('a web stream or Response the handler returned is cancelled when its session cannot be saved', async (t) => {
+  const rejections: unknown[] = []
+  const onRejection = (reason: unknown): void => { rejections.push(reason) }
+  process.on('unhandledRejection', onRejection)
+  t.teardown(() => process.off('unhandledRejection', onRejection))
+  const provider = new FailingProvider()
+  const app = await build(t, { provider })
+  const cancelled: string[] = []
+  const body = (name: string): ReadableStream => new ReadableStream({
+    pull (controller) { controller.enqueue(new TextEncoder().encode('x')) },
+    cancel () {
+      cancelled.push(name)
+      // a source failing to cancel has no one to tell, but must not be an unhandled rejection
+      if (name === 'response') throw new Error('cannot cancel')
+    }
+  }, { highWaterMark: 0 })
+  app.get('/web-stream', async (request, reply) => {
+    request.session.set('downloads', 1)
+    return reply.type('text/plain').send(body('stream'))
+  })
+  app.get('/response', async (request, reply) => {
+    request.session.set('downloads', 1)
+    return reply.send(new Response(body('response')))
+  })
+  provider.mode = 'throw'
+  for (const url of ['/web-stream', '/response']) {
+    const res = await app.inject(url)
+    t.equal(res.statusCode, 503, url)
+  }
+  await new Promise((resolve) => setImmediate(resolve))
+  t.same(cancelled.sort(), ['response', 'stream'])
+  t.same(rejections, [], 'no unhandled rejection')
 })
 
 t.test('a provider refusing what it cannot store answers 500 with its coded error, not a store outage', async (t) => {
