@@ -101,17 +101,21 @@ export class SessionManager {
     if (destroyByUser === undefined) throw new FST_SESSION_UNSUPPORTED('ending sessions by user', 'it has no destroyByUser()')
     const { except } = options
     let exceptKey: string | undefined
-    if (except instanceof Session && except.moveDue) {
-      // A regenerated session moves to its new id when it is saved. Sparing
-      // its old record until then would leave a window: another request
-      // holding the old cookie could move the session first (its own
-      // regenerate()) and escape, and a logout everywhere run meanwhile could
-      // not see the new one. So the move happens now, and the others end
-      // after it; if the old record had ended already, every session ends.
-      if (await this.#moveNow(except)) exceptKey = except.key
-    } else if (except instanceof Session) {
-      // saved, a regenerated session is under its new id
-      exceptKey = except.saved && except.regenerated ? except.key : except.previousKey ?? except.key
+    if (except instanceof Session) {
+      // another call of this request is moving it: its outcome decides
+      if (except.moving !== null) await except.moving
+      if (except.moveDue) {
+        // A regenerated session moves to its new id when it is saved. Sparing
+        // its old record until then would leave a window: another request
+        // holding the old cookie could move the session first (its own
+        // regenerate()) and escape, and a logout everywhere run meanwhile
+        // could not see the new one. So the move happens now, and the others
+        // end after it; if the old record had ended already, all of them end.
+        exceptKey = (await this.#move(except)) ?? undefined
+      } else {
+        // saved, a regenerated session is under its new id
+        exceptKey = except.saved && except.regenerated ? except.key : except.previousKey ?? except.key
+      }
     } else if (typeof except === 'string') {
       exceptKey = await this.#keyOfHandle(user, except)
     }
@@ -188,11 +192,17 @@ export class SessionManager {
    * `FST_SESSION_STORE_UNAVAILABLE` for a store failure.
    */
   save (session: Session, request: FastifyRequest, reply: FastifyReply): Promise<void> | undefined {
+    // a move the handler did not wait for decides what there is to save
+    if (session.moving !== null) return session.moving.then(() => this.save(session, request, reply))
     if (session.destroyed) {
       this.#setCookie(reply, request, null)
       return
     }
     if (session.unloaded) return
+    // moved ahead of the save (and not regenerated again since), the session
+    // is stored under its new id whatever happens next
+    const moved = session.movedEarly && !session.regenerated
+    if (moved) this.#setCookie(reply, request, session.id)
     const changes = session.changes()
     if (this.#sealer !== null) {
       this.#seal(this.#sealer, session, changes, request, reply)
@@ -203,9 +213,6 @@ export class SessionManager {
       if (changes === null && !session.regenerated) return
       return this.#create(session, request, reply)
     }
-    // moved ahead of the save, the session is stored under its new id whatever this write does
-    const moved = session.movedEarly
-    if (moved) this.#setCookie(reply, request, session.id)
     const now = Date.now()
     const expiresAt = this.deadline(record.createdAt, now)
     // A request that only reads writes nothing until touchAfter has passed,
@@ -271,17 +278,29 @@ export class SessionManager {
 
   /**
    * Stores a regenerated session under its new id at once, replacing its old
-   * record; answers whether it did. When the old record had ended, the
-   * session is marked ended.
+   * record; answers that key, or `null` when the old record had ended and the
+   * session is now marked ended. Until it settles, `session.moving` lets the
+   * request's other session calls wait for it.
    */
-  async #moveNow (session: Session): Promise<boolean> {
+  async #move (session: Session): Promise<string | null> {
+    const attempt = this.#moveNow(session)
+    const done = (): void => { session.moving = null }
+    session.moving = attempt.then(done, done)
+    return await attempt
+  }
+
+  async #moveNow (session: Session): Promise<string | null> {
     session.changes()
+    const key = session.key
     const record = this.#newRecord(session, session.entries())
     const store = this.#store as SessionProvider
-    const created = await this.#call(() => store.create(session.key, record, session.previousKey ?? undefined))
-    if (created) session.moved(record)
-    else session.ended()
-    return created
+    const created = await this.#call(() => store.create(key, record, session.previousKey ?? undefined))
+    if (!created) {
+      session.ended()
+      return null
+    }
+    session.moved(record, key)
+    return key
   }
 
   /** The record a session is created with, holding `data`. */

@@ -62,6 +62,8 @@ export class Session {
   readonly renew: boolean
   /** @internal Set once the session was handed to the store, so an error response does not save it again. */
   saved = false
+  /** @internal Settles once a move to the new id under way ends, however it ends (see `moved`). */
+  moving: Promise<void> | null = null
 
   /** Made by the plugin for each request; applications use `request.session`. */
   constructor (manager: SessionManager, id: string | null, key: string | null, record: StoredSession | null, now: number, renew: boolean) {
@@ -190,6 +192,8 @@ export class Session {
    * (logout). Afterwards the session reads as empty and refuses changes.
    */
   async destroy (): Promise<void> {
+    // a move under way decides which record there is to delete
+    if (this.moving !== null) await this.moving
     if (this.#flags & DESTROYED) return
     const key = this.#storedKey()
     // The session is only marked ended once the store has ended it: a failed
@@ -227,15 +231,25 @@ export class Session {
   }
 
   /**
-   * @internal The store now holds `record` under the new id, ahead of the
-   * save: the session goes on from there as a stored one, and the save sends
-   * its cookie.
+   * @internal The store now holds `record` under `key`, the new id's, ahead
+   * of the save: the session goes on from there as a stored one, and the save
+   * sends its cookie. Changes made while the record was being written stay
+   * pending, and so does a `regenerate()` made meanwhile, now from `key`.
    */
-  moved (record: StoredSession): void {
+  moved (record: StoredSession, key: string): void {
     this.#record = record
-    this.#pending = null
-    this.#previousKey = null
-    this.#flags = (this.#flags & ~REGENERATED) | MOVED
+    const pending = this.#pending
+    if (pending !== null) {
+      for (const [name, json] of pending) if ((json ?? undefined) === record.data.get(name)) pending.delete(name)
+      if (pending.size === 0) this.#pending = null
+    }
+    this.#flags |= MOVED
+    if (key === this.key) {
+      this.#previousKey = null
+      this.#flags &= ~REGENERATED
+    } else {
+      this.#previousKey = key
+    }
   }
 
   /**

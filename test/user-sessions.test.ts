@@ -305,3 +305,90 @@ t.test('destroy() after regenerate() and destroyOtherSessions() ends the session
   t.equal(destroys, 1, 'only the old record was deleted; the new id was never stored')
   t.same(await app.sessions.listUserSessions('ada'), [])
 })
+
+t.test('calls that overlap the move to the new id, in the same request, wait for it or are kept', async (t) => {
+  for (const provider of ['memory', new AsyncMemoryProvider()] as const) {
+    const name = typeof provider === 'string' ? provider : 'asynchronous store'
+    const app = await appWithUserRoutes(t, { provider })
+    app.post<{ Body: { step: string } }>('/overlap', async (request) => {
+      const session = request.session
+      await session.regenerate()
+      const step = request.body.step
+      if (step === 'set') {
+        const moving = session.destroyOtherSessions()
+        session.set('during', 1)
+        return { ended: await moving }
+      }
+      if (step === 'regenerate') {
+        const moving = session.destroyOtherSessions()
+        await session.regenerate()
+        return { ended: await moving }
+      }
+      if (step === 'twice') {
+        const [first, second] = await Promise.all([session.destroyOtherSessions(), app.sessions.destroyUserSessions('ada', { except: session })])
+        return { ended: first + second }
+      }
+      if (step === 'destroy') {
+        const [ended] = await Promise.all([session.destroyOtherSessions(), session.destroy()])
+        return { ended }
+      }
+      // not awaited at all: the save waits for it
+      session.destroyOtherSessions().catch((err: Error) => request.log.error(err))
+      return { ended: 1 }
+    })
+    for (const step of ['set', 'regenerate', 'twice', 'destroy', 'unawaited']) {
+      await app.sessions.destroyUserSessions('ada')
+      const cookie = await loginAs(app, 'ada', 'phone')
+      await loginAs(app, 'ada', 'laptop')
+      const res = await app.inject({ method: 'POST', url: '/overlap', payload: { step }, headers: { ...json, ...cookieHeader(cookie) } })
+      t.same(res.json(), { ended: 1 }, `${name}, ${step}: the other session ended, once`)
+      const listed = await app.sessions.listUserSessions('ada')
+      if (step === 'destroy') {
+        t.equal(sessionCookie(res), '', `${name}, destroy: the cookie is cleared`)
+        t.same(listed, [], `${name}, destroy: nothing is left`)
+        continue
+      }
+      const latest = sessionCookie(res) as string
+      t.same((await app.inject({ url: '/get/userId', headers: cookieHeader(latest) })).json(), { value: 'ada' }, `${name}, ${step}: the cookie sent opens the session`)
+      t.equal(listed.length, 1, `${name}, ${step}: it is the user's only session`)
+      if (step === 'set') t.same((await app.inject({ url: '/get/during', headers: cookieHeader(latest) })).json(), { value: 1 }, `${name}: a value set during the move is saved`)
+    }
+  }
+})
+
+t.test('a move the store fails leaves the session as it was: caught, the save still regenerates it', async (t) => {
+  const provider = new FailingProvider()
+  const app = await appWithUserRoutes(t, { provider })
+  app.post('/password', async (request) => {
+    await request.session.regenerate()
+    provider.mode = 'throw'
+    const code = await request.session.destroyOtherSessions().then(() => null, (err: { code: string }) => err.code)
+    provider.mode = 'ok'
+    return { code }
+  })
+  const cookie = await loginAs(app, 'ada', 'phone')
+  const res = await app.inject({ method: 'POST', url: '/password', headers: cookieHeader(cookie) })
+  t.same(res.json(), { code: 'FST_SESSION_STORE_UNAVAILABLE' })
+  const latest = sessionCookie(res) as string
+  t.same((await app.inject({ url: '/get/userId', headers: cookieHeader(latest) })).json(), { value: 'ada' })
+  t.same((await app.inject({ url: '/get/userId', headers: cookieHeader(cookie) })).json(), { value: null }, 'the old id is retired by the save')
+})
+
+t.test('after the move, a save that fails on the session itself (a value made unserialisable) still sends the moved session\'s cookie', async (t) => {
+  const app = await appWithUserRoutes(t)
+  app.post('/password', async (request) => {
+    request.session.set('profile', { n: 1 })
+    await request.session.regenerate()
+    await request.session.destroyOtherSessions()
+    const profile = request.session.get('profile') as { n: unknown }
+    profile.n = 10n
+    return {}
+  })
+  const cookie = await loginAs(app, 'ada', 'phone')
+  const res = await app.inject({ method: 'POST', url: '/password', headers: cookieHeader(cookie) })
+  t.equal(res.statusCode, 500)
+  t.equal(res.json().code, 'FST_SESSION_NOT_SERIALIZABLE')
+  const moved = sessionCookie(res) as string
+  t.ok(moved, 'the cookie of the moved session goes out with the error')
+  t.same((await app.inject({ url: '/get/userId', headers: cookieHeader(moved) })).json(), { value: 'ada' })
+})
