@@ -100,26 +100,24 @@ export class SessionManager {
     const destroyByUser = this.#store?.destroyByUser
     if (destroyByUser === undefined) throw new FST_SESSION_UNSUPPORTED('ending sessions by user', 'it has no destroyByUser()')
     const { except } = options
+    const end = (exceptKey?: string): Promise<number> => this.#call(() => destroyByUser.call(this.provider, user, exceptKey))
     let exceptKey: string | undefined
     if (except instanceof Session) {
       // another call of this request is moving it: its outcome decides
       if (except.moving !== null) await except.moving
-      if (except.moveDue) {
-        // A regenerated session moves to its new id when it is saved. Sparing
-        // its old record until then would leave a window: another request
-        // holding the old cookie could move the session first (its own
-        // regenerate()) and escape, and a logout everywhere run meanwhile
-        // could not see the new one. So the move happens now, and the others
-        // end after it; if the old record had ended already, all of them end.
-        exceptKey = (await this.#move(except)) ?? undefined
-      } else {
-        // saved, a regenerated session is under its new id
-        exceptKey = except.saved && except.regenerated ? except.key : except.previousKey ?? except.key
-      }
+      // A regenerated session moves to its new id when it is saved. Sparing
+      // its old record until then would leave a window: another request
+      // holding the old cookie could move the session first (its own
+      // regenerate()) and escape, and a logout everywhere run meanwhile could
+      // not see the new one. So the move happens now, and the others end
+      // after it; if the old record had ended already, all of them end.
+      if (except.moveDue) return await this.#moveThenEnd(except, end)
+      // saved, a regenerated session is under its new id
+      exceptKey = except.saved && except.regenerated ? except.key : except.previousKey ?? except.key
     } else if (typeof except === 'string') {
       exceptKey = await this.#keyOfHandle(user, except)
     }
-    return this.#call(() => destroyByUser.call(this.provider, user, exceptKey))
+    return await end(exceptKey)
   }
 
   /** Ends the session of `userId` that `handle` names; answers whether it ended one. */
@@ -278,15 +276,17 @@ export class SessionManager {
 
   /**
    * Stores a regenerated session under its new id at once, replacing its old
-   * record; answers that key, or `null` when the old record had ended and the
-   * session is now marked ended. Until it settles, `session.moving` lets the
-   * request's other session calls wait for it.
+   * record, then `end`s the user's other sessions, sparing the new key, or
+   * none when the old record had ended and the session is now marked ended.
+   * Until both are done, `session.moving` holds the request's other session
+   * calls back: one that moved the session on meanwhile would otherwise have
+   * its record ended as one of the others.
    */
-  async #move (session: Session): Promise<string | null> {
-    const attempt = this.#moveNow(session)
+  #moveThenEnd (session: Session, end: (exceptKey?: string) => Promise<number>): Promise<number> {
+    const work = this.#moveNow(session).then((key) => end(key ?? undefined))
     const done = (): void => { session.moving = null }
-    session.moving = attempt.then(done, done)
-    return await attempt
+    session.moving = work.then(done, done)
+    return work
   }
 
   async #moveNow (session: Session): Promise<string | null> {

@@ -324,6 +324,17 @@ t.test('calls that overlap the move to the new id, in the same request, wait for
         await session.regenerate()
         return { ended: await moving }
       }
+      if (step === 'regenerate, then again') {
+        const first = session.destroyOtherSessions()
+        await session.regenerate()
+        const [ended, again] = await Promise.all([first, session.destroyOtherSessions()])
+        return { ended: ended + again }
+      }
+      if (step === 'regenerate, not awaited') {
+        session.destroyOtherSessions().catch((err: Error) => request.log.error(err))
+        await session.regenerate()
+        return { ended: 1 }
+      }
       if (step === 'twice') {
         const [first, second] = await Promise.all([session.destroyOtherSessions(), app.sessions.destroyUserSessions('ada', { except: session })])
         return { ended: first + second }
@@ -336,7 +347,7 @@ t.test('calls that overlap the move to the new id, in the same request, wait for
       session.destroyOtherSessions().catch((err: Error) => request.log.error(err))
       return { ended: 1 }
     })
-    for (const step of ['set', 'regenerate', 'twice', 'destroy', 'unawaited']) {
+    for (const step of ['set', 'regenerate', 'regenerate, then again', 'regenerate, not awaited', 'twice', 'destroy', 'unawaited']) {
       await app.sessions.destroyUserSessions('ada')
       const cookie = await loginAs(app, 'ada', 'phone')
       await loginAs(app, 'ada', 'laptop')
