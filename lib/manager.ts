@@ -289,6 +289,7 @@ export class SessionManager {
     return work
   }
 
+  /** Answers the key the session now lives under, or `null` when its old record had ended (it is then marked ended). */
   async #moveNow (session: Session): Promise<string | null> {
     session.changes()
     const key = session.key

@@ -27,6 +27,27 @@ async function appWithUserRoutes (t: Parameters<typeof build>[0], options = {}):
   return app
 }
 
+/**
+ * A password change that pauses between destroyOtherSessions() and its
+ * response, as one sending a notification would: `pastDestroy` settles at
+ * the pause, `release()` lets it go on to set a value and answer.
+ */
+function pausingPasswordRoute (app: Awaited<ReturnType<typeof build>>): { pastDestroy: Promise<void>, release: () => void } {
+  let passed!: () => void
+  const pastDestroy = new Promise<void>((resolve) => { passed = resolve })
+  let release!: () => void
+  const gate = new Promise<void>((resolve) => { release = resolve })
+  app.post('/password', async (request) => {
+    await request.session.regenerate()
+    const ended = await request.session.destroyOtherSessions()
+    passed()
+    await gate
+    request.session.set('changedAt', 1)
+    return { ended }
+  })
+  return { pastDestroy, release }
+}
+
 t.test('listUserSessions lists every live session of a user, most recently seen first, with the info keys', async (t) => {
   const app = await appWithUserRoutes(t, { touchAfter: 0 })
   const phone = await loginAs(app, 'ada', 'phone')
@@ -155,17 +176,7 @@ t.test('a provider without a user index answers with a coded error', async (t) =
 t.test('regenerate() then destroyOtherSessions(): a request holding the old cookie cannot move the session away and survive', async (t) => {
   for (const provider of ['memory', new AsyncMemoryProvider()] as const) {
     const app = await appWithUserRoutes(t, { provider })
-    let passed!: () => void
-    const pastDestroy = new Promise<void>((resolve) => { passed = resolve })
-    let release!: () => void
-    const gate = new Promise<void>((resolve) => { release = resolve })
-    app.post('/password', async (request) => {
-      await request.session.regenerate()
-      const ended = await request.session.destroyOtherSessions()
-      passed()
-      await gate // e.g. sending a notification before the response
-      return { ended }
-    })
+    const { pastDestroy, release } = pausingPasswordRoute(app)
     app.post('/regenerate', async (request) => {
       await request.session.regenerate()
       return {}
@@ -208,18 +219,7 @@ t.test('regenerate() then destroyOtherSessions() of a session ended meanwhile: n
 t.test('regenerate() then destroyOtherSessions(): a logout everywhere run before the response leaves still ends the session', async (t) => {
   for (const provider of ['memory', new AsyncMemoryProvider()] as const) {
     const app = await appWithUserRoutes(t, { provider })
-    let passed!: () => void
-    const pastDestroy = new Promise<void>((resolve) => { passed = resolve })
-    let release!: () => void
-    const gate = new Promise<void>((resolve) => { release = resolve })
-    app.post('/password', async (request) => {
-      await request.session.regenerate()
-      const ended = await request.session.destroyOtherSessions()
-      passed()
-      await gate
-      request.session.set('changedAt', 1)
-      return { ended }
-    })
+    const { pastDestroy, release } = pausingPasswordRoute(app)
     const cookie = await loginAs(app, 'ada', 'phone')
     const change = app.inject({ method: 'POST', url: '/password', headers: cookieHeader(cookie) })
     await pastDestroy
