@@ -1,4 +1,5 @@
 import t from 'tap'
+import { createHmac } from 'node:crypto'
 import { setFlagsFromString } from 'node:v8'
 import { runInNewContext } from 'node:vm'
 import { sign, unsign } from '@fastify/cookie'
@@ -12,6 +13,18 @@ t.test('cookie values are signed exactly as @fastify/cookie signs them', async (
   t.equal(ours, sign(id, SECRET))
   t.same(unsign(ours, SECRET), { valid: true, renew: false, value: id })
   t.same(new CookieSigner([SECRET]).verify(sign(id, SECRET)), { id, key: storeKey(id), renew: false })
+})
+
+t.test('signatures are HMAC-SHA256 for secrets shorter than, as long as and longer than the hash block', async (t) => {
+  const secrets = ['s'.repeat(32), 'b'.repeat(64), 'l'.repeat(65), 'ü'.repeat(40), 'x'.repeat(300)]
+  for (const secret of secrets) {
+    const signer = new CookieSigner([secret])
+    for (let i = 0; i < 20; i++) {
+      const id = generateId()
+      const expected = createHmac('sha256', secret).update(id).digest('base64').replace(/=+$/, '')
+      t.equal(signer.sign(id), id + '.' + expected, `secret of ${Buffer.byteLength(secret)} bytes`)
+    }
+  }
 })
 
 t.test('verify answers which secret signed and rejects the rest', async (t) => {
