@@ -34,7 +34,7 @@ export async function seed (base, implId, { connections, many = 0 }) {
 
 /** The load generator spec of `route` (see bench/lib/load.js). */
 export function loadSpec (route, base, seeds, { connections, stateless = false }) {
-  const spec = { url: base, path: route === 'many' ? '/read' : '/' + route, connections, cookieName: 'sessionid', timeout: 10 }
+  const spec = { url: base, path: route === 'many' ? '/read' : '/' + route, connections, cookieName: 'sessionid' }
   if (route === 'read') Object.assign(spec, { mode: 'fixed', cookies: seeds.conn.cookies, values: seeds.conn.values })
   else if (route === 'none' || route === 'none-optout') Object.assign(spec, { mode: 'fixed', cookies: seeds.conn.cookies, expect: 'none' })
   else if (route === 'write') Object.assign(spec, { mode: 'counter', cookies: seeds.conn.cookies, ...(stateless ? { constant: '1' } : {}) })
@@ -51,6 +51,13 @@ export function problems (res, phase) {
   if (res.errors > 0) p.push(`${phase}: ${res.errors} errors (${res.timeouts} timeouts)`)
   if (res.badBody > 0 || res.mismatches > 0) p.push(`${phase}: ${Math.max(res.badBody, res.mismatches)} wrong bodies, e.g. ${JSON.stringify(res.badSamples.slice(0, 2))}`)
   if (res.badCookie > 0) p.push(`${phase}: ${res.badCookie} responses without a session cookie`)
+  if (res.repeatedCookie > 0) p.push(`${phase}: ${res.repeatedCookie} responses repeated the session cookie of an earlier one`)
+  // With pipelining 1 each connection has at most one request in flight when
+  // the load stops; any other request without a response was lost (a
+  // connection closed on it, or it timed out).
+  const unanswered = res.sent - res.responses
+  if (unanswered > res.connections) p.push(`${phase}: ${unanswered} of ${res.sent} requests got no response (at most ${res.connections}, one per connection, may be in flight when the load stops)`)
+  if (res.silentConnections > 0) p.push(`${phase}: ${res.silentConnections} of ${res.connections} connections got no response at all`)
   if (res.ok === 0) p.push(`${phase}: no 2xx response at all`)
   return p
 }

@@ -1,7 +1,8 @@
 // CPU µs per MemoryProvider.create() once the store is full (maxSessions),
 // when every create evicts the least recently used session, against the
 // same creates below capacity. Run as its own process:
-// node bench/lib/evict.js <maxSessions> <creates per batch> <batches>; prints one JSON line.
+// node bench/lib/evict.js <maxSessions> <creates per batch> <batches>; prints one JSON line,
+// with `error` when the store did not end at exactly maxSessions.
 import { randomBytes } from 'node:crypto'
 // The build to measure: $BENCH_MODULE (a snapshot of dist/ the orchestrator took), else dist/.
 const { MemoryProvider } = await import(process.env.BENCH_MODULE ?? new URL('../../dist/index.js', import.meta.url).href)
@@ -29,4 +30,5 @@ for (let b = 0; b < batches; b++) {
   for (let i = 0; i < batch; i++) provider.create(key(max + b * batch + i), record())
   fullUs.push(cpu(process.cpuUsage(c0)) / batch)
 }
-console.log(JSON.stringify({ maxSessions: max, batch, belowUs, fullUs, size: provider.size }))
+const error = provider.size === max ? {} : { error: `${provider.size} sessions left, expected maxSessions (${max})` }
+console.log(JSON.stringify({ ...error, maxSessions: max, batch, belowUs, fullUs, size: provider.size }))

@@ -3,11 +3,13 @@
 // response. Protocol (IPC): { type: 'run', id, spec } -> { type: 'result', id, result }.
 //
 // spec: {
-//   url: 'http://127.0.0.1:port', path: '/read', connections, duration (s), timeout (s),
+//   url: 'http://127.0.0.1:port', path: '/read', connections, duration (s),
 //   mode: 'fixed'   -> connection i sends cookies[i % n] and expects values[i % n]
 //         'counter' -> connection i sends cookies[i % n]; each body must be the previous + 1
 //                      (or equal `constant` when set: a stateless store cannot count)
-//         'new'     -> no cookie; body 'new' and a Set-Cookie of `cookieName`
+//         'new'     -> no cookie; body 'new' and a Set-Cookie of `cookieName` whose value
+//                      no earlier response carried; the last RECENT_COOKIES of them are
+//                      answered (newCookies) for the orchestrator to read back
 //         'random'  -> each connection cycles through its own random permutation of its
 //                      share of `cookies` (connection i: cookies i, i+n, i+2n, ...), so all
 //                      sessions are hit uniformly in random order; expects each one's value.
@@ -18,10 +20,17 @@
 // }
 import autocannon from 'autocannon'
 
+const RECENT_COOKIES = 20
+
 /** Runs one autocannon load and returns the counts the orchestrator judges. */
 export function runLoad (spec) {
   const { cookies = [], values = [], mode } = spec
-  const count = { responses: 0, ok: 0, non2xx: 0, badBody: 0, badCookie: 0 }
+  const count = { sent: 0, responses: 0, ok: 0, non2xx: 0, badBody: 0, badCookie: 0, repeatedCookie: 0 }
+  // Responses per connection: a connection the server never answers would
+  // otherwise only lower the rate, not fail the cell.
+  const answered = []
+  const seenCookies = new Set()
+  const recentCookies = []
   const statuses = {}
   let latencies = new Float64Array(1 << 16)
   let nLat = 0
@@ -38,6 +47,9 @@ export function runLoad (spec) {
   function setupClient (client) {
     const index = nextClient++
     let expected = null
+    answered[index] = 0
+    // Attached before the client sends its first request (setupClient runs first).
+    client.on('request', () => { count.sent++ })
     client.on('response', (status, _bytes, duration) => {
       const now = process.hrtime.bigint()
       if (firstAt === null) firstAt = now
@@ -45,6 +57,7 @@ export function runLoad (spec) {
       // With pipelining 1 the answered request is still the iterator's current one.
       if (mode === 'random') expected = client.requestIterator.currentRequest.expected
       count.responses++
+      answered[index]++
       statuses[status] = (statuses[status] ?? 0) + 1
       if (status >= 200 && status < 300) {
         count.ok++
@@ -71,11 +84,20 @@ export function runLoad (spec) {
       const prefix = spec.cookieName + '='
       client.on('headers', (info) => {
         const raw = info.headers ?? []
-        let found = false
+        let pair = null
         for (let i = 0; i < raw.length; i += 2) {
-          if (raw[i].length === 10 && raw[i].toLowerCase() === 'set-cookie' && raw[i + 1].startsWith(prefix) && raw[i + 1].length > prefix.length + 1) found = true
+          if (raw[i].length === 10 && raw[i].toLowerCase() === 'set-cookie' && raw[i + 1].startsWith(prefix) && raw[i + 1].length > prefix.length + 1) pair = raw[i + 1].split(';', 1)[0]
         }
-        if (!found && info.statusCode >= 200 && info.statusCode < 300) count.badCookie++
+        if (pair === null) {
+          if (info.statusCode >= 200 && info.statusCode < 300) count.badCookie++
+        } else if (seenCookies.has(pair)) {
+          count.repeatedCookie++
+        } else {
+          seenCookies.add(pair)
+          // The newest sessions: the least likely to have been evicted from a full store.
+          if (recentCookies.length === RECENT_COOKIES) recentCookies.shift()
+          recentCookies.push(pair)
+        }
       })
       client.opts.verifyBody = (body) => body === 'new' || (bad({ expected: 'new', body }) && false)
     } else if (mode === 'fixed' || mode === 'counter') {
@@ -103,7 +125,10 @@ export function runLoad (spec) {
     url: spec.url + spec.path,
     connections: spec.connections,
     duration: spec.duration,
-    timeout: spec.timeout ?? 10,
+    // Shorter than the phase (where autocannon's 1 s minimum allows), so that
+    // a request the server never answers times out, an error, instead of
+    // idling its connection until the load stops.
+    timeout: Math.max(1, spec.duration / 2),
     pipelining: 1,
     setupClient
   }
@@ -131,7 +156,10 @@ export function runLoad (spec) {
         seconds,
         loadCpuShare: (cpu.user + cpu.system) / 1e6 / seconds,
         acDuration: result.duration,
+        connections: spec.connections,
+        sent: count.sent,
         responses: count.responses,
+        silentConnections: answered.filter((n) => n === 0).length,
         ok: count.ok,
         non2xx: count.non2xx,
         statuses,
@@ -141,6 +169,8 @@ export function runLoad (spec) {
         mismatches: result.mismatches,
         badBody: count.badBody,
         badCookie: count.badCookie,
+        repeatedCookie: count.repeatedCookie,
+        newCookies: recentCookies,
         badSamples,
         // Steady-state rate: from the first response to the last, so the
         // clients' setup (inside autocannon's own duration) does not count.
@@ -155,6 +185,8 @@ export function runLoad (spec) {
 
 if (process.send !== undefined && process.argv[1] === new URL(import.meta.url).pathname) {
   process.on('message', async (msg) => {
+    // The orchestrator's stop(): exit now rather than be killed after its grace period.
+    if (msg.type === 'stop') process.exit(0)
     if (msg.type !== 'run') return
     try {
       process.send({ type: 'result', id: msg.id, result: await runLoad(msg.spec) })

@@ -3,6 +3,10 @@
 import { spawn, spawnSync } from 'node:child_process'
 
 let tasksetChecked = null
+// Every child started here that has not exited, so that an interrupted run
+// can end them; once ending, no child starts any more.
+const running = new Set()
+let ending = false
 
 /** Whether `taskset` can pin processes here. */
 export function hasTaskset () {
@@ -22,9 +26,9 @@ export function hasTaskset () {
 export function startChild (script, args = [], { core, nodeArgs = [], env, timeoutMs = 60_000, pin = true } = {}) {
   const command = [process.execPath, ...nodeArgs, script, ...args]
   const useTaskset = pin && core !== undefined && hasTaskset()
-  const child = useTaskset
+  const child = track(useTaskset
     ? spawn('taskset', ['-c', String(core), ...command], { stdio: ['ignore', 'inherit', 'pipe', 'ipc'], env: env ?? process.env })
-    : spawn(command[0], command.slice(1), { stdio: ['ignore', 'inherit', 'pipe', 'ipc'], env: env ?? process.env })
+    : spawn(command[0], command.slice(1), { stdio: ['ignore', 'inherit', 'pipe', 'ipc'], env: env ?? process.env }))
   let stderr = ''
   child.stderr.setEncoding('utf8')
   child.stderr.on('data', (chunk) => {
@@ -93,4 +97,22 @@ export function startChild (script, args = [], { core, nodeArgs = [], env, timeo
   }
 
   return { child, ready, request, stop, pinned: useTaskset, get exited () { return exited }, get stderr () { return stderr } }
+}
+
+/** Registers a just-spawned child for endChildren(); kills it at once when the run is already ending. */
+export function track (child) {
+  running.add(child)
+  child.once('exit', () => running.delete(child))
+  if (ending) child.kill('SIGKILL')
+  return child
+}
+
+/** Ends every tracked child (SIGTERM, SIGKILL after `graceMs`) and waits until they have exited. */
+export async function endChildren (graceMs = 2000) {
+  ending = true
+  await Promise.all([...running].map((child) => new Promise((resolve) => {
+    child.once('exit', resolve)
+    child.kill('SIGTERM')
+    setTimeout(() => child.kill('SIGKILL'), graceMs).unref()
+  })))
 }

@@ -102,6 +102,8 @@ function diff (after, before) {
 /**
  * Starts bench/servers/fastify-sessions.js on the redis provider behind the
  * proxy and measures each request kind `requests` times, one at a time.
+ * Every response (warm-up included) is checked: a kind with a bad one, or
+ * whose writes did not each add 1 to the stored counter, has `failure`.
  */
 export async function measureRedisCommands ({ redisUrl, serversDir, requests = 500, core, prefix = 'bench:', module }) {
   const target = new URL(redisUrl)
@@ -117,31 +119,45 @@ export async function measureRedisCommands ({ redisUrl, serversDir, requests = 5
     const seeded = await http.get('/seed?v=hello')
     const cookie = cookiePair(seeded.setCookie, 'sessionid')
     if (cookie === null) throw new Error('seeding gave no cookie')
+    const peek = async () => (await http.get('/peek', cookie)).body
+    let counter = Number(await peek())
     const plan = [
-      { kind: 'read', path: '/read', cookie, expect: 'hello' },
-      { kind: 'none (cookie, untouched)', path: '/none', cookie, expect: 'none' },
-      { kind: 'none-optout', path: '/none-optout', cookie, expect: 'none' },
-      { kind: 'write', path: '/write', cookie },
-      { kind: 'new', path: '/new', expect: 'new' },
-      { kind: 'touch (session.touch())', path: '/touch', cookie, expect: 'touched' }
+      { kind: 'read', path: '/read', cookie, expect: () => 'hello' },
+      { kind: 'none (cookie, untouched)', path: '/none', cookie, expect: () => 'none' },
+      { kind: 'none-optout', path: '/none-optout', cookie, expect: () => 'none' },
+      { kind: 'write', path: '/write', cookie, expect: () => String(++counter) },
+      { kind: 'new', path: '/new', expect: () => 'new', newCookie: true },
+      { kind: 'touch (session.touch())', path: '/touch', cookie, expect: () => 'touched' }
     ]
     for (const step of plan) {
-      for (let i = 0; i < 20; i++) await http.get(step.path, step.cookie)
+      let bad = 0
+      const samples = []
+      const send = async () => {
+        const expected = step.expect()
+        const res = await http.get(step.path, step.cookie)
+        if (res.status !== 200 || res.body !== expected || (step.newCookie && cookiePair(res.setCookie, 'sessionid') === null)) {
+          bad++
+          if (samples.length < 2) samples.push(`${res.status} ${JSON.stringify(res.body.slice(0, 60))} for ${JSON.stringify(expected)}`)
+        }
+      }
+      for (let i = 0; i < 20; i++) await send()
       const before = parseCommandStats(await admin.info('commandstats'))
       proxy.reset()
-      let bad = 0
-      for (let i = 0; i < requests; i++) {
-        const res = await http.get(step.path, step.cookie)
-        if (res.status !== 200 || (step.expect !== undefined && res.body !== step.expect)) bad++
-      }
+      for (let i = 0; i < requests; i++) await send()
       const counts = { ...proxy.counts, byName: { ...proxy.counts.byName } }
       const after = parseCommandStats(await admin.info('commandstats'))
       const server = diff(after, before)
       const serverTotal = Object.values(server).reduce((a, b) => a + b, 0)
+      // Read outside the counted window: the stored counter, not just the answers.
+      const stored = step.kind === 'write' ? await peek() : null
+      const failure = bad > 0
+        ? `${bad} of ${requests + 20} responses were wrong, e.g. ${samples.join('; ')}`
+        : stored !== null && stored !== String(counter) ? `the stored counter is ${stored} after writes answering up to ${counter}` : undefined
       kinds.push({
         kind: step.kind,
         requests,
         bad,
+        ...(failure === undefined ? {} : { failure }),
         commandsPerRequest: counts.commands / requests,
         roundTripsPerRequest: counts.roundTrips / requests,
         commandsByName: Object.fromEntries(Object.entries(counts.byName).map(([k, v]) => [k, v / requests])),

@@ -16,11 +16,16 @@ export function serverConfig () {
  * get(request, key), set(request, reply, key, value), and optionally
  * touch(request). `optOut` says whether routes can skip the session
  * (`config: { session: false }`); without it `/none-optout` is not defined.
- * `fault` (a route name) makes that route answer a wrong body, so a test
- * can check that the harness fails such a run.
+ * `faults` (see FAULTS) break routes on purpose, so a test can check that
+ * the harness fails such a run; a route without a fault runs its plain
+ * handler.
  */
-export function defineRoutes (app, s, { optOut = false, fault = null } = {}) {
-  const wrong = (route, body) => (fault === route ? body + 'X' : body)
+export function defineRoutes (app, s, { optOut = false, faults = [] } = {}) {
+  const faultOf = parseFaults(faults)
+  const route = (name, handler, options = {}) => {
+    const fault = faultOf.get(name)
+    app.get('/' + name, fault === 'samecookie' ? { ...options, onSend: sameCookie() } : options, faulty(fault, handler))
+  }
 
   // Setup only, never measured: creates a session holding v and n = 0.
   app.get('/seed', (request, reply) => {
@@ -32,30 +37,108 @@ export function defineRoutes (app, s, { optOut = false, fault = null } = {}) {
   // Setup only: the counter, without changing it.
   app.get('/peek', (request) => String(s.get(request, 'n') ?? 'none'))
 
-  app.get('/read', (request) => wrong('read', String(s.get(request, 'v'))))
-  app.get('/write', (request, reply) => {
+  route('read', (request) => String(s.get(request, 'v')))
+  const write = (request, reply) => {
     const n = s.get(request, 'n') + 1
     s.set(request, reply, 'n', n)
-    return wrong('write', String(n))
-  })
-  app.get('/new', (request, reply) => {
-    s.set(request, reply, 'v', 'new')
-    return wrong('new', 'new')
+    return String(n)
+  }
+  route('write', faultOf.get('write') === 'nocount' ? uncountedWrite(s) : write)
+  const stored = faultOf.get('new') === 'forget' ? 'forgotten' : 'new'
+  route('new', (request, reply) => {
+    s.set(request, reply, 'v', stored)
+    return 'new'
   })
   // Heap measurement only: a session holding { n: 1 }.
   app.get('/n1', (request, reply) => {
     s.set(request, reply, 'n', 1)
     return 'ok'
   })
-  app.get('/none', () => wrong('none', 'none'))
-  if (optOut) {
-    app.get('/none-optout', { config: { session: false } }, () => wrong('none-optout', 'none'))
-  }
+  route('none', () => 'none')
+  if (optOut) route('none-optout', () => 'none', { config: { session: false } })
   if (s.touch !== undefined) {
     app.get('/touch', (request) => {
       s.touch(request)
       return 'touched'
     })
+  }
+}
+
+/**
+ * Faults, each `KIND:ROUTE` (a bare ROUTE means `wrong:ROUTE`):
+ * wrong: a wrong body; status: the right body with status 500; hang: never
+ * answers the session (or, without a cookie, the connection) that asks
+ * first; drop: closes the connection
+ * instead of answering every 10th request; nocount (write): answers its
+ * connection's next number without storing it; forget (new): answers `new`
+ * but stores another value; samecookie (new): every answer carries the
+ * first answer's session cookie.
+ */
+const FAULTS = { wrong: null, status: null, hang: null, drop: null, nocount: 'write', forget: 'new', samecookie: 'new' }
+
+function parseFaults (faults) {
+  const byRoute = new Map()
+  for (const spec of faults) {
+    const [kind, route] = spec.includes(':') ? spec.split(':') : ['wrong', spec]
+    if (!(kind in FAULTS) || (FAULTS[kind] !== null && FAULTS[kind] !== route)) throw new Error(`unknown fault ${spec}`)
+    byRoute.set(route, kind)
+  }
+  return byRoute
+}
+
+/** `handler` with the generic faults applied; the handler itself without one. */
+function faulty (fault, handler) {
+  if (fault === 'wrong') return (request, reply) => handler(request, reply) + 'X'
+  if (fault === 'status') {
+    return (request, reply) => {
+      reply.code(500)
+      return handler(request, reply)
+    }
+  }
+  if (fault === 'hang') {
+    // Keyed by the session cookie, which a load connection resends after a
+    // timeout reconnects it: that connection then never gets an answer.
+    let hung = null
+    return (request, reply) => {
+      const key = request.headers.cookie ?? request.raw.socket
+      hung ??= key
+      return key === hung ? new Promise(() => {}) : handler(request, reply)
+    }
+  }
+  if (fault === 'drop') {
+    let calls = 0
+    return (request, reply) => {
+      if (++calls % 10 !== 0) return handler(request, reply)
+      request.raw.socket.destroy()
+      return new Promise(() => {})
+    }
+  }
+  return handler
+}
+
+/** A write route that counts per connection in the server, not in the session. */
+function uncountedWrite (s) {
+  const counts = new WeakMap()
+  return (request) => {
+    const n = (counts.get(request.raw.socket) ?? s.get(request, 'n')) + 1
+    counts.set(request.raw.socket, n)
+    return String(n)
+  }
+}
+
+/** An onSend hook that replaces the session cookie of every answer with the first one. */
+function sameCookie () {
+  let first = null
+  return (_request, reply, payload, done) => {
+    const lines = [reply.getHeader('set-cookie') ?? []].flat()
+    const at = lines.findIndex((line) => line.startsWith('sessionid='))
+    if (at !== -1) {
+      first ??= lines[at]
+      lines[at] = first
+      reply.removeHeader('set-cookie')
+      reply.header('set-cookie', lines)
+    }
+    done(null, payload)
   }
 }
 

@@ -1,10 +1,13 @@
 // Times one MemoryProvider.gc() sweep over `total` sessions of which a share
 // has expired. Run as its own process (node --expose-gc bench/lib/sweep.js
-// <total> <share>); prints one JSON line.
+// <total> <share>); prints one JSON line, with `error` when the sweeps did
+// not remove exactly the expired sessions.
 //
 // The expired sessions are created first with expiresAt in the past: the
 // provider's Map is its recency list, so they sit at the LRU front, exactly
 // where sessions that stopped being used end up when their deadline passes.
+// The sweep stops at the first live session: this measures sessions expired
+// by idleness, not ones that expired behind a live one.
 import { randomBytes } from 'node:crypto'
 // The build to measure: $BENCH_MODULE (a snapshot of dist/ the orchestrator took), else dist/.
 const { MemoryProvider } = await import(process.env.BENCH_MODULE ?? new URL('../../dist/index.js', import.meta.url).href)
@@ -47,7 +50,9 @@ const removedAgain = provider.gc()
 const cleanSweepMs = Number(process.hrtime.bigint() - t1) / 1e6
 const cleanSweepCpuMs = cpuMs(process.cpuUsage(c1))
 
+const mismatch = removed !== expired || removedAgain !== 0 || provider.size !== total - expired
 console.log(JSON.stringify({
+  ...(mismatch ? { error: `removed ${removed} then ${removedAgain}, ${provider.size} left, for ${expired} expired of ${total}` } : {}),
   total,
   share,
   expired,

@@ -46,6 +46,6 @@ defineRoutes(app, {
     }
     rec[key] = value
   }
-}, { optOut: true, fault: config.fault })
+}, { optOut: true, faults: config.faults })
 
 await serve(app)

@@ -24,7 +24,7 @@ try {
     get: (request, key) => request.session.get(key),
     set: (request, _reply, key, value) => request.session.set(key, value),
     touch: (request) => request.session.touch()
-  }, { optOut: true, fault: config.fault })
+  }, { optOut: true, faults: config.faults })
 
   await serve(app)
 } catch (err) {

@@ -32,7 +32,7 @@ try {
   defineRoutes(app, {
     get: (request, key) => request.session.get(key),
     set: (request, _reply, key, value) => request.session.set(key, value)
-  }, { fault: config.fault })
+  }, { faults: config.faults })
 
   await serve(app, { close })
 } catch (err) {
