@@ -59,8 +59,9 @@ export class CookieSigner {
     this.macs = secrets.map((secret) => new IdMac(secret))
   }
 
-  /** The cookie value for a well-formed session id. */
+  /** The cookie value for a well-formed session id; anything else would get a wrong signature, so it throws. */
   sign (id: string): string {
+    if (!isWellFormedId(id)) throw new TypeError('only a session id (43 base64url characters) can be signed')
     return id + '.' + this.macs[0].digest(id)
   }
 

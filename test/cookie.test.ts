@@ -25,6 +25,10 @@ t.test('signatures are HMAC-SHA256 for secrets shorter than, as long as and long
       t.equal(signer.sign(id), id + '.' + expected, `secret of ${Buffer.byteLength(secret)} bytes`)
     }
   }
+  // the MAC covers exactly one id's bytes: a shorter or longer value would be signed wrongly
+  for (const value of ['', 'abc', generateId() + 'x', 'é'.repeat(43)]) {
+    t.throws(() => new CookieSigner([SECRET]).sign(value), TypeError, JSON.stringify(value))
+  }
 })
 
 t.test('verify answers which secret signed and rejects the rest', async (t) => {

@@ -4,10 +4,10 @@
 // not remove exactly the expired sessions.
 //
 // The expired sessions are created first with expiresAt in the past: the
-// provider's Map is its recency list, so they sit at the LRU front, exactly
-// where sessions that stopped being used end up when their deadline passes.
+// provider's Map is its recency list, so they sit at the LRU front, where
+// most sessions that stopped being used end up when their deadline passes.
 // The sweep stops at the first live session: this measures sessions expired
-// by idleness, not ones that expired behind a live one.
+// in recency order, not ones that expired behind a live one.
 import { randomBytes } from 'node:crypto'
 // The build to measure: $BENCH_MODULE (a snapshot of dist/ the orchestrator took), else dist/.
 const { MemoryProvider } = await import(process.env.BENCH_MODULE ?? new URL('../../dist/index.js', import.meta.url).href)
