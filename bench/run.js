@@ -36,7 +36,7 @@ const USAGE = `node bench/run.js [options]
   --warmup S           warm-up seconds per cell, not measured (default 1)
   --connections N      autocannon connections (default 10)
   --many N             live sessions for the "many" route (default 10000)
-  --impls a,b          implementations (default all): ${implementations({}).map((i) => i.id).join(', ')}
+  --impls a,b          implementations (default all but the diagnostics): ${implementations({}).map((i) => i.id + (i.diagnostic === true ? ' (diagnostic)' : '')).join(', ')}
   --routes a,b         routes (default all): ${ROUTES.join(', ')}
   --skip-micro         skip heap / sweep / redis-command measurements
   --only-micro         run only those
@@ -117,7 +117,7 @@ function positive (name, value, integer = false, allowZero = false) {
 }
 
 function pick (all, list, what) {
-  if (list === undefined) return all
+  if (list === undefined) return all.filter((x) => x.diagnostic !== true)
   const wanted = list.split(',').map((s) => s.trim()).filter(Boolean)
   for (const w of wanted) {
     if (!all.some((x) => (x.id ?? x) === w)) {

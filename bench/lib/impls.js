@@ -11,7 +11,8 @@ export const DIST_DIR = here('../../dist/')
  * id, label, server script, config (handed to the server), optOut (whether
  * `none-optout` applies), stateless (a store that cannot count across
  * requests), needs (a service that must answer), ours (a provider of ours;
- * its compiled module must exist in dist/).
+ * its compiled module must exist in dist/), diagnostic (run only when asked
+ * for by --impls: not a session library, but a floor to read the others by).
  *
  * Store names are per run (`redisPrefix`, `pgTable`, `sqliteFile`) so that
  * runs never touch each other's data, nor anybody else's. `module` is the
@@ -30,6 +31,8 @@ export function implementations ({ redisUrl, pgUrl, sqliteFile, redisPrefix = 'b
     { id: 'fsession-redis', label: '@fastify/session + connect-redis', script: 'fastify-session.js', config: { store: 'redis', url: redisUrl, prefix: redisPrefix + 'fsession:' }, needs: 'redis' },
     { id: 'mgcrea-memory', label: '@mgcrea/fastify-session (memory)', script: 'mgcrea-session.js', config: { store: 'memory' } },
     { id: 'mgcrea-redis', label: '@mgcrea/fastify-session (redis)', script: 'mgcrea-session.js', config: { store: 'redis', url: redisUrl, prefix: redisPrefix + 'mgcrea:' }, needs: 'redis' },
+    { id: 'redis-floor-ping', label: 'diagnostic: bare Fastify + a Redis PING per store call', script: 'redis-floor.js', config: { url: redisUrl, calls: 'ping', ...(module === undefined ? {} : { module }) }, optOut: true, needs: 'redis', diagnostic: true },
+    { id: 'redis-floor-provider', label: 'diagnostic: bare Fastify + the redis provider\'s store calls', script: 'redis-floor.js', config: { url: redisUrl, prefix: redisPrefix + 'floor:', calls: 'provider', ...(module === undefined ? {} : { module }) }, optOut: true, needs: 'redis', diagnostic: true },
     { id: 'secure-session', label: '@fastify/secure-session (stateless)', script: 'secure-session.js', config: {}, stateless: true }
   ]
 }
