@@ -7,7 +7,10 @@
 // several interleaved repetitions per variant (the minimum is the figure
 // least disturbed by other work on the machine).
 //
-//   node --expose-gc bench/hotpath.js --variant base=dist [--variant x=/tmp/dist-x] [--n 200000] [--reps 7]
+// `many` reads one of 10,000 sessions picked at random, in a store filled to
+// its 100,000 sessions, as the bench's `many` route does.
+//
+//   node --expose-gc bench/hotpath.js --variant base=dist [--variant x=/tmp/dist-x] [--routes read,write,new,none,many] [--n 200000] [--reps 7]
 import { parseArgs } from 'node:util'
 import { resolve } from 'node:path'
 import { pathToFileURL } from 'node:url'
@@ -44,8 +47,13 @@ async function build (dir) {
   return { app, load, save }
 }
 
+const MANY = 10_000
+const FILL = 100_000
+/** Indexes into the `many` cookies, in an order made once so that every variant reads the same sessions. */
+const picks = Uint16Array.from({ length: 65536 }, () => Math.floor(Math.random() * MANY))
+
 /** Answers µs of CPU per simulated request of `route`. */
-function run ({ load, save }, route, cookie, n) {
+function run ({ load, save }, route, cookie, n, manyCookies) {
   const headers = route === 'new' ? {} : { cookie }
   const routeOptions = { config: { url: '/', method: 'GET' } }
   const log = { warn () {}, error () {} }
@@ -62,9 +70,10 @@ function run ({ load, save }, route, cookie, n) {
   for (let i = 0; i < n; i++) {
     request.session = null
     reply.headers = {}
+    if (route === 'many') headers.cookie = manyCookies[picks[i & 65535]]
     load(request, reply, done)
     const s = request.session
-    if (route === 'read') {
+    if (route === 'read' || route === 'many') {
       if (s.get('v') !== 'hello') failures++
     } else if (route === 'write') {
       s.set('n', s.get('n') + 1)
@@ -85,21 +94,31 @@ for (const v of opts.variant) {
   // A session to read, made through the same hooks.
   const request = { headers: {}, session: null, protocol: 'http', routeOptions: { config: {} }, log: { warn () {} } }
   const reply = { headers: {}, header (k, val) { this.headers[k] = val; return this } }
-  built.load(request, reply, () => {})
-  request.session.set('v', 'hello')
-  request.session.set('n', 0)
-  built.save(request, reply, 'ok', () => {})
-  const cookie = String(reply.headers['set-cookie']).split(';')[0]
-  variants.push({ name, built, cookie })
+  const seed = () => {
+    reply.headers = {}
+    request.session = null
+    built.load(request, reply, () => {})
+    request.session.set('v', 'hello')
+    request.session.set('n', 0)
+    built.save(request, reply, 'ok', () => {})
+    return String(reply.headers['set-cookie']).split(';')[0]
+  }
+  const cookie = seed()
+  const manyCookies = []
+  if (routes.includes('many')) {
+    for (let i = 0; i < MANY; i++) manyCookies.push(seed())
+    for (let i = MANY + 1; i < FILL; i++) seed()
+  }
+  variants.push({ name, built, cookie, manyCookies })
 }
 
 const results = {}
 for (const route of routes) {
-  for (const v of variants) run(v.built, route, v.cookie, Math.min(N, 20000))
+  for (const v of variants) run(v.built, route, v.cookie, Math.min(N, 20000), v.manyCookies)
   for (let rep = 0; rep < REPS; rep++) {
     for (const v of variants) {
       global.gc?.()
-      ;((results[route] ??= {})[v.name] ??= []).push(run(v.built, route, v.cookie, N))
+      ;((results[route] ??= {})[v.name] ??= []).push(run(v.built, route, v.cookie, N, v.manyCookies))
     }
   }
 }
