@@ -105,6 +105,8 @@ declare module '../lib/registry.js' {
 export const POSTGRES_PROVIDER = 'postgres'
 
 const SCHEMA_VERSION = 1
+/** The SQLSTATE of a repeatable-read transaction that met a row changed by a later commit. */
+const SERIALIZATION_FAILURE = '40001'
 
 // Update statements differ by which parts of the patch are present.
 const SETS_KEYS = 1
@@ -298,10 +300,33 @@ export class PostgresProvider implements SessionProvider {
     })
   }
 
+  /**
+   * A `regenerate()` moving one of the user's sessions deletes the old row
+   * and inserts the new one in one transaction. Under read committed, a
+   * delete waiting on the old row skips it once that transaction commits,
+   * and never sees the new row, which its snapshot predates: the session
+   * would survive under its new key. Under repeatable read that is a
+   * serialization failure instead, and the delete runs again on a snapshot
+   * that holds the new row. Each retry needs another write to one of the
+   * user's rows to have committed meanwhile.
+   */
   async destroyByUser (user: string, exceptKey?: string): Promise<number> {
     if (!storable(user)) return 0
-    const { rowCount } = await this.pool.query(this.sql.destroyByUser, [user, Date.now(), exceptKey ?? null])
-    return rowCount as number
+    const values = [user, Date.now(), exceptKey ?? null]
+    return await this.withClient(async (client) => {
+      for (;;) {
+        await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ')
+        try {
+          const { rowCount } = await client.query(this.sql.destroyByUser, values)
+          await client.query('COMMIT')
+          return rowCount as number
+        } catch (err) {
+          // anything else drops the connection (withClient), ending the transaction
+          if ((err as { code?: unknown }).code !== SERIALIZATION_FAILURE) throw err
+          await client.query('ROLLBACK')
+        }
+      }
+    })
   }
 
   /** Ends the pool made from `connectionString`; a pool handed in stays open. */

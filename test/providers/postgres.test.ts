@@ -299,6 +299,53 @@ t.test('with PostgreSQL', async function (t) {
     t.equal((await provider.listByUser('v', [])).length, 1, 'other users untouched')
   })
 
+  t.test('ending a user\'s sessions also ends the one a regenerate() is moving at that moment', async function (t) {
+    const { provider: banning, table } = await setup(t)
+    // a second instance on the same table whose transactions stop before COMMIT until let go
+    const moving = new pg.Pool({ connectionString: DATABASE_URL, max: 2 })
+    t.teardown(() => moving.end())
+    let reachCommit: () => void = () => {}
+    const atCommit = new Promise<void>((resolve) => { reachCommit = resolve })
+    let letGo: () => void = () => {}
+    const gate = new Promise<void>((resolve) => { letGo = resolve })
+    moving.on('acquire', function holdCommit (client: pg.PoolClient & { held?: boolean }) {
+      if (client.held === true) return
+      client.held = true
+      const query = client.query.bind(client) as (...args: unknown[]) => unknown
+      Object.assign(client, {
+        query (...args: unknown[]) {
+          if (args[0] !== 'COMMIT') return query(...args)
+          reachCommit()
+          return gate.then(() => query(...args))
+        }
+      })
+    })
+    const regenerating = await createPostgresProvider({ pool: moving, tableName: table })
+    t.teardown(() => regenerating.close())
+
+    const before = storeKey()
+    const after = storeKey()
+    await banning.create(before, newSession({ n: 1 }, { user: 'u' }))
+    const regenerated = regenerating.create(after, newSession({ n: 1 }, { user: 'u' }), before)
+    await atCommit
+    const banned = banning.destroyByUser('u')
+    await sleep(200)
+    letGo()
+    t.equal(await regenerated, true, 'the move committed')
+    t.equal(await banned, 1, 'and the session it moved was ended')
+    t.equal(await banning.get(after), null)
+    t.same(await banning.listByUser('u', []), [])
+  })
+
+  t.test('a failing delete of a user\'s sessions rejects, and its connection is not reused', async function (t) {
+    const { provider, table } = await setup(t)
+    await provider.create(storeKey(), newSession({ n: 1 }, { user: 'u' }))
+    await pool.query(`DROP TABLE ${table}`)
+    await t.rejects(provider.destroyByUser('u'), { code: '42P01' })
+    await provider.prepare()
+    t.equal(await provider.destroyByUser('u'), 0, 'the next call runs on a connection outside any transaction')
+  })
+
   t.test('gc removes only expired rows, in batches', async function (t) {
     const { provider, table } = await setup(t, { gcBatchSize: 7 })
     t.equal(provider.gcBatchSize, 7)
