@@ -307,9 +307,16 @@ export class Session {
    */
   changes (): Map<string, string | null> | null {
     if (this.#objects !== null) {
+      // all in before the size is checked: one object may grow in place
+      // while another shrinks, and only their sum must fit
       for (const [key, value] of this.#objects) {
         const json = toJson(key, value)
-        if (json !== this.#json(key)) this.#change(key, json)
+        if (json !== this.#json(key)) (this.#pending ??= new Map()).set(key, json)
+      }
+      if (this.#pending !== null) {
+        const size = this.#size()
+        const limit = this.#manager.options.maxSessionSize
+        if (size > limit) throw new FST_SESSION_TOO_LARGE(size, limit)
       }
     }
     return this.#pending
@@ -351,11 +358,18 @@ export class Session {
     if (json === null) return
     const size = this.#size()
     const limit = this.#manager.options.maxSessionSize
-    if (size > limit) {
+    // Counted at their JSON of before, objects that get() handed out may have
+    // shrunk in place since; the save then checks the session as it is.
+    if (size > limit && !this.#holdsObjectsBesides(key)) {
       if (before === undefined) this.#pending.delete(key)
       else this.#pending.set(key, before)
       throw new FST_SESSION_TOO_LARGE(size, limit)
     }
+  }
+
+  #holdsObjectsBesides (key: string): boolean {
+    const objects = this.#objects
+    return objects !== null && objects.size > (objects.has(key) ? 1 : 0)
   }
 
   /** Bytes of the session's JSON with the pending changes applied. */

@@ -351,6 +351,39 @@ t.test('in-place growth past maxSessionSize fails that response with the same co
   t.same((await app.inject({ url: '/get/list', headers: cookieHeader(cookie) })).json(), { value: ['a'] })
 })
 
+t.test('changes in place are measured together at save: one growing while another shrinks is saved when the sum fits', async (t) => {
+  const app = await build(t, { maxSessionSize: 100 })
+  app.post('/init', async (request) => {
+    request.session.set('done', [])
+    request.session.set('todo', ['x'.repeat(30), 'y'.repeat(30)])
+    return {}
+  })
+  // `done` was handed out first, so it is serialised first at save
+  app.post('/move', async (request) => {
+    const done = request.session.get('done') as string[]
+    const todo = request.session.get('todo') as string[]
+    done.push(...todo.splice(0))
+    return {}
+  })
+  app.post('/clear-and-set', async (request) => {
+    (request.session.get('done') as string[]).length = 0
+    request.session.set('note', 'z'.repeat(20))
+    return {}
+  })
+  const init = await app.inject({ method: 'POST', url: '/init' })
+  const cookie = sessionCookie(init) as string
+  const moved = await app.inject({ method: 'POST', url: '/move', headers: cookieHeader(cookie) })
+  t.equal(moved.statusCode, 200)
+  t.same((await app.inject({ url: '/get/done', headers: cookieHeader(cookie) })).json(), { value: ['x'.repeat(30), 'y'.repeat(30)] })
+  t.same((await app.inject({ url: '/get/todo', headers: cookieHeader(cookie) })).json(), { value: [] })
+  // set() sees `done` at its stored size (both strings), which with `note`
+  // passes the limit; the session as saved, with `done` emptied, fits
+  const both = await app.inject({ method: 'POST', url: '/clear-and-set', headers: cookieHeader(cookie) })
+  t.equal(both.statusCode, 200)
+  t.same((await app.inject({ url: '/get/note', headers: cookieHeader(cookie) })).json(), { value: 'z'.repeat(20) })
+  t.same((await app.inject({ url: '/get/done', headers: cookieHeader(cookie) })).json(), { value: [] })
+})
+
 t.test('a value made unstorable in place fails that response with the serialisation error', async (t) => {
   const app = await build(t)
   app.post('/poison', async (request) => {
