@@ -44,15 +44,16 @@ export interface SessionPluginBaseOptions {
   cookieName?: string
   /** Session cookie attributes; each has its own default. @default {} */
   cookie?: SessionCookieOptions
-  /** Idle timeout in seconds (may be fractional). @default 3600 */
+  /** Idle timeout in seconds: from 0.001, rounded to the millisecond, at most a century. @default 3600 */
   maxLifetime?: number
-  /** Seconds from creation after which a session ends whatever its activity. @default 86400 */
+  /** Seconds from creation after which a session ends whatever its activity; bounds and rounding as `maxLifetime`. @default 86400 */
   absoluteLifetime?: number
   /** Seconds between sweeps, for providers that need them; 0 disables the timer. At most 2147483.647 (2³¹ − 1 ms, Node's longest timer). @default 60 */
   gcInterval?: number
   /**
-   * Seconds: a request that only reads refreshes the idle deadline in the
-   * store at most once per this interval, so reads cost no write. Must be
+   * Seconds (0, or from 0.001, rounded to the millisecond): a request that
+   * only reads refreshes the idle deadline in the store at most once per
+   * this interval, so reads cost no write. Must be
    * shorter than `maxLifetime`, or a session that is only read would expire
    * before it is touched.
    * @default maxLifetime / 10
@@ -137,12 +138,27 @@ function invalid (name: string, why: string): never {
   throw new FST_SESSION_INVALID_OPTION(name, why)
 }
 
-function seconds (name: string, value: unknown, fallback: number, allowZero = false): number {
+/**
+ * A century. Deadlines are whole milliseconds since the epoch, kept as
+ * integers by the stores (a PostgreSQL bigint, Redis's PEXPIREAT): a longer
+ * lifetime is a mistake, and one long enough would not fit them.
+ */
+const MAX_LIFETIME = 100 * 365.25 * 86400
+
+/** A duration option in seconds, at most `max`; a positive one is at least a millisecond. */
+function seconds (name: string, value: unknown, fallback: number, allowZero = false, max = MAX_LIFETIME): number {
   if (value === undefined) return fallback
   if (typeof value !== 'number' || !Number.isFinite(value) || value < 0 || (value === 0 && !allowZero)) {
     invalid(name, `expected a ${allowZero ? 'non-negative' : 'positive'} number of seconds`)
   }
+  if (value > max) invalid(name, `expected at most ${max} seconds`)
+  if (value > 0 && value < 0.001) invalid(name, 'expected at least 0.001 seconds: deadlines are whole milliseconds')
   return value
+}
+
+/** Seconds as whole milliseconds, so that every deadline made from them is a whole number too. */
+function ms (value: number): number {
+  return Math.round(value * 1000)
 }
 
 /** Max-Age takes whole seconds; rounding 0.5 down would delete the cookie as it is set. */
@@ -210,11 +226,10 @@ export function resolveOptions (options: SessionPluginBaseOptions): ResolvedOpti
   const maxLifetime = seconds('maxLifetime', options.maxLifetime, 3600)
   const absoluteLifetime = seconds('absoluteLifetime', options.absoluteLifetime, 86400)
   const touchAfter = seconds('touchAfter', options.touchAfter, maxLifetime / 10, true)
-  if (touchAfter >= maxLifetime) invalid('touchAfter', 'must be shorter than maxLifetime, or a session that is only read expires before it is touched')
+  if (ms(touchAfter) >= ms(maxLifetime)) invalid('touchAfter', 'must be shorter than maxLifetime, or a session that is only read expires before it is touched')
   const storeTimeout = options.storeTimeout ?? 2000
   if (typeof storeTimeout !== 'number' || !(storeTimeout > 0) || storeTimeout > MAX_TIMER_MS) invalid('storeTimeout', `expected a positive number of milliseconds, at most ${MAX_TIMER_MS}`)
-  const gcInterval = seconds('gcInterval', options.gcInterval, 60, true)
-  if (gcInterval * 1000 > MAX_TIMER_MS) invalid('gcInterval', `expected at most ${MAX_TIMER_MS / 1000} seconds`)
+  const gcInterval = seconds('gcInterval', options.gcInterval, 60, true, MAX_TIMER_MS / 1000)
   const maxSessionSize = options.maxSessionSize ?? 65536
   if (!Number.isSafeInteger(maxSessionSize) || maxSessionSize < 2) invalid('maxSessionSize', 'expected a whole number of bytes, at least 2')
   const userKey = options.userKey ?? 'userId'
@@ -225,10 +240,10 @@ export function resolveOptions (options: SessionPluginBaseOptions): ResolvedOpti
     secrets,
     cookieName,
     cookie: Object.freeze(resolveCookie(cookieName, options.cookie)),
-    idleMs: maxLifetime * 1000,
-    absoluteMs: absoluteLifetime * 1000,
-    gcIntervalMs: gcInterval * 1000,
-    touchAfterMs: touchAfter * 1000,
+    idleMs: ms(maxLifetime),
+    absoluteMs: ms(absoluteLifetime),
+    gcIntervalMs: ms(gcInterval),
+    touchAfterMs: ms(touchAfter),
     storeTimeout,
     onStoreError: oneOf('onStoreError', options.onStoreError, ['fail', 'continue'] as const, 'fail'),
     maxSessionSize,

@@ -2,6 +2,7 @@ import t from 'tap'
 import Fastify from 'fastify'
 import sessions, { registerProvider, getProvider, createMemoryProvider, type SessionPluginOptions } from '../index.js'
 import { SECRET } from './fixtures/app.js'
+import { RecordingProvider } from './fixtures/providers.js'
 import '../providers/sqlite.js'
 
 async function registrationError (options: Record<string, unknown>): Promise<{ code?: string, message: string } | null> {
@@ -26,6 +27,11 @@ t.test('registration fails with a coded error for each invalid option', async (t
     ['a secret that is not a string', { secret: 42 }],
     ['a cookie name with a space', { cookieName: 'bad name' }],
     ['a zero maxLifetime', { maxLifetime: 0 }],
+    ['a maxLifetime under a millisecond', { maxLifetime: 0.0004 }],
+    ['a touchAfter under a millisecond', { touchAfter: 0.0004 }],
+    ['a maxLifetime past the millisecond deadlines stores keep', { maxLifetime: 1e17, absoluteLifetime: 1e17 }],
+    ['an absoluteLifetime over a century', { absoluteLifetime: 100 * 365.25 * 86400 + 1 }],
+    ['a touchAfter that rounds to maxLifetime', { maxLifetime: 1, touchAfter: 0.9998 }],
     ['a negative absoluteLifetime', { absoluteLifetime: -1 }],
     ['a string touchAfter', { touchAfter: '10' }],
     ['an infinite gcInterval', { gcInterval: Infinity }],
@@ -66,6 +72,21 @@ t.test('valid edge options register', async (t) => {
   t.equal(await registrationError({ secret: SECRET, maxLifetime: 60, touchAfter: 59.9 }), null)
 })
 
+t.test('lifetimes in fractions of a millisecond give whole-millisecond deadlines', async (t) => {
+  const provider = new RecordingProvider()
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(sessions, { secret: SECRET, provider, maxLifetime: 2.5005, absoluteLifetime: 100 * 365.25 * 86400 })
+  app.get('/', async (request) => {
+    request.session.set('n', 1)
+    return 'ok'
+  })
+  t.equal((await app.inject('/')).statusCode, 200)
+  const created = provider.calls.find((call) => call.method === 'create')?.session
+  t.ok(created !== undefined && Number.isInteger(created.expiresAt), 'a whole number of milliseconds, as a bigint column or PEXPIREAT needs')
+  t.equal((created?.expiresAt ?? 0) - (created?.lastSeenAt ?? 0), 2501, 'the idle timeout rounded to the millisecond')
+})
+
 t.test('an unknown provider name fails registration with the import that fixes it', async (t) => {
   const bundled = await registrationError({ secret: SECRET, provider: 'postgres' })
   t.equal(bundled?.code, 'FST_SESSION_UNKNOWN_PROVIDER')
@@ -84,6 +105,11 @@ t.test('a provider instance missing a method fails registration', async (t) => {
 t.test('a factory that answers something else than a provider fails registration', async (t) => {
   registerProvider('broken-factory', () => null as never)
   t.equal((await registrationError({ secret: SECRET, provider: 'broken-factory' }))?.code, 'FST_SESSION_INVALID_PROVIDER')
+  // what the factory opened is closed again, as the registration that owned it failed
+  let closed = 0
+  registerProvider('half-provider', () => ({ get () {}, close () { closed++ } }) as never)
+  t.equal((await registrationError({ secret: SECRET, provider: 'half-provider' }))?.code, 'FST_SESSION_INVALID_PROVIDER')
+  t.equal(closed, 1)
 })
 
 t.test('registerProvider: same factory again is a no-op, another factory under a taken name is a coded error', async (t) => {
