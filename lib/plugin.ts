@@ -41,7 +41,14 @@ async function resolveProvider (options: SessionPluginOptions): Promise<{ provid
     } catch (err) {
       throw startFailure(provider, err)
     }
-    checkProvider(created)
+    try {
+      checkProvider(created)
+    } catch (err) {
+      // whatever it opened would outlive the failed registration
+      const close = (created as { close?: unknown } | null)?.close
+      if (typeof close === 'function') await close.call(created)
+      throw err
+    }
     return { provider: created, owned: true }
   }
   checkProvider(provider)
