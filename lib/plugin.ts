@@ -2,7 +2,7 @@ import { Readable } from 'node:stream'
 import fastifyCookie from '@fastify/cookie'
 import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyReply, FastifyRequest, HookHandlerDoneFunction } from 'fastify'
-import { FST_SESSION_INVALID_PROVIDER, FST_SESSION_STORE_UNAVAILABLE } from './errors.js'
+import { FST_SESSION_INVALID_OPTION, FST_SESSION_INVALID_PROVIDER, FST_SESSION_STORE_UNAVAILABLE } from './errors.js'
 import { isStoreFailure, SessionManager } from './manager.js'
 import { resolveOptions, type SessionPluginOptions } from './options.js'
 import { isStateless, type SessionProvider, type StatelessSessionProvider } from './provider.js'
@@ -52,6 +52,10 @@ async function resolveProvider (options: SessionPluginOptions): Promise<{ provid
     return { provider: created, owned: true }
   }
   checkProvider(provider)
+  // options for a provider made elsewhere would be silently ignored
+  if (options.providerOptions !== undefined) {
+    throw new FST_SESSION_INVALID_OPTION('providerOptions', 'goes with a provider name; configure the provider instance you pass instead')
+  }
   return { provider, owned: false }
 }
 

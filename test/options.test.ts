@@ -102,6 +102,13 @@ t.test('a provider instance missing a method fails registration', async (t) => {
   t.equal((await registrationError({ secret: SECRET, provider: { stateless: true, seal () {} } }))?.code, 'FST_SESSION_INVALID_PROVIDER')
 })
 
+t.test('providerOptions beside a provider instance fail registration instead of being ignored', async (t) => {
+  const err = await registrationError({ secret: SECRET, provider: createMemoryProvider(), providerOptions: { maxSessions: 10 } })
+  t.equal(err?.code, 'FST_SESSION_INVALID_OPTION')
+  t.match(err?.message, /providerOptions/)
+  t.equal(await registrationError({ secret: SECRET, provider: createMemoryProvider() }), null)
+})
+
 t.test('a factory that answers something else than a provider fails registration', async (t) => {
   registerProvider('broken-factory', () => null as never)
   t.equal((await registrationError({ secret: SECRET, provider: 'broken-factory' }))?.code, 'FST_SESSION_INVALID_PROVIDER')
