@@ -154,6 +154,8 @@ export class RedisConnection {
   /** `wait`: no connection (yet, or any more); `connecting` until Redis first answers; `ready`; `end` once closed. */
   status: 'wait' | 'connecting' | 'ready' | 'end' = 'wait'
   readonly #url: URL
+  /** AUTH and SELECT as the URL asks, sent first on every connection. */
+  readonly #handshake: string[][] = []
   readonly #tls: tls.ConnectionOptions | undefined
   #socket: net.Socket | null = null
   readonly #pending: Pending[] = []
@@ -179,9 +181,19 @@ export class RedisConnection {
   #retryAt = 0
   #lastError: Error | null = null
 
+  /**
+   * Throws a `URIError` for a user or password that is not valid
+   * percent-encoding: decoded here, once, so that nothing can fail between a
+   * socket opening and its AUTH and SELECT being queued ahead of every call.
+   */
   constructor (url: string, options: RedisConnectionOptions = {}) {
     this.#url = new URL(url)
     this.#tls = options.tls
+    const password = decodeURIComponent(this.#url.password)
+    const username = decodeURIComponent(this.#url.username)
+    if (password !== '') this.#handshake.push(username === '' ? ['AUTH', password] : ['AUTH', username, password])
+    const db = this.#url.pathname.slice(1)
+    if (db !== '' && db !== '0') this.#handshake.push(['SELECT', db])
   }
 
   /** Sends one command (`args[0]` its name) and resolves with its reply; an error reply rejects. */
@@ -259,11 +271,7 @@ export class RedisConnection {
       if (this.#socket === socket) this.#lost(failure(`Redis connection lost: ${cause?.message ?? 'closed by the server'}`, cause))
     })
 
-    const handshake: string[][] = []
-    const password = decodeURIComponent(url.password)
-    if (password !== '') handshake.push(url.username === '' ? ['AUTH', password] : ['AUTH', decodeURIComponent(url.username), password])
-    const db = url.pathname.slice(1)
-    if (db !== '' && db !== '0') handshake.push(['SELECT', db])
+    const handshake = this.#handshake
     let left = handshake.length
     this.#handshaking = left > 0
     for (const command of handshake) {

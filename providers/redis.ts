@@ -352,7 +352,10 @@ function ownConnection (url: unknown, tls: ConnectionOptions | undefined): Redis
   }
   const { username, password, pathname } = new URL(url)
   try {
-    decodeURIComponent(username + password)
+    // each on its own, as the connection decodes them: two halves of one
+    // character would pass together and fail apart
+    decodeURIComponent(username)
+    decodeURIComponent(password)
   } catch {
     fail('the user or password in url is not valid percent-encoding')
   }

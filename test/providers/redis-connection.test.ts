@@ -251,6 +251,12 @@ t.test('a password, an ACL user, and a wrong password', async (t) => {
   await t.rejects(wrong.send(['PING']), /unreachable/, 'and it counts as a failed attempt')
 })
 
+t.test('a user or password that is not percent-encoding on its own is refused before any socket opens', async (t) => {
+  // together 'u%C3' and '%A9' would decode to 'ué'
+  t.throws(() => new RedisConnection('redis://u%C3:%A9@127.0.0.1:1'), URIError)
+  t.throws(() => new RedisConnection('redis://:%zz@127.0.0.1:1'), URIError)
+})
+
 t.test('rediss:// with a private CA', async (t) => {
   if (!requireRedisServer(t)) return
   if (spawnSync('openssl', ['version'], { stdio: 'ignore' }).status !== 0) {

@@ -389,6 +389,7 @@ t.test('invalid options throw FST_SESSION_PROVIDER_OPTION', async (t) => {
     [{ url: 'redis://127.0.0.1/00' }, /the path of url must be a database number/],
     [{ url: 'redis://127.0.0.1/1', tls: {} }, /tls goes with a rediss:\/\/ URL/],
     [{ url: 'redis://:%zz@127.0.0.1' }, /not valid percent-encoding/],
+    [{ url: 'redis://u%C3:%A9@127.0.0.1' }, /not valid percent-encoding/],
     [{ url: REDIS_URL, tls: 'yes' }, /tls must be an object/],
     [{ url: REDIS_URL, tls: null }, /tls must be an object/],
     [{ client: {} }, /client must be an ioredis Redis or Cluster/],
