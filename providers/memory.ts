@@ -107,6 +107,8 @@ export class MemoryProvider implements SessionProvider {
   private evictor: Iterator<string> | null = null
   /** Counts entries joining the back of the list; `movedAt` is measured against it. */
   private moves = 0
+  /** `moves` when the cursor last moved. */
+  private evictedAt = 0
 
   constructor (options: MemoryProviderOptions = {}) {
     const { maxSessions = 100_000 } = options
@@ -135,6 +137,7 @@ export class MemoryProvider implements SessionProvider {
     const entry = new Entry(toPairs(session.data), session.createdAt, session.lastSeenAt, session.expiresAt, session.user, this.moves++)
     this.sessions.set(key, entry)
     this.index(key, entry.user)
+    this.releaseStaleEvictor()
     return true
   }
 
@@ -216,6 +219,7 @@ export class MemoryProvider implements SessionProvider {
     entry.movedAt = this.moves++
     this.sessions.delete(key)
     this.sessions.set(key, entry)
+    this.releaseStaleEvictor()
   }
 
   /**
@@ -227,6 +231,19 @@ export class MemoryProvider implements SessionProvider {
   private evictOldest (): void {
     if (this.evictor === null) this.evictor = this.sessions.keys()
     this.remove(this.evictor.next().value as string)
+    this.evictedAt = this.moves
+  }
+
+  /**
+   * A Map iterator keeps every table its Map has outgrown since the
+   * iterator last moved, so a cursor left alone while sessions keep coming
+   * and going (the store no longer full) would keep them all. After as many
+   * entries have joined as the store holds, the table has been rebuilt at
+   * least once since the cursor moved: it is let go, and the next eviction
+   * starts a fresh one.
+   */
+  private releaseStaleEvictor (): void {
+    if (this.evictor !== null && this.moves - this.evictedAt > this.sessions.size) this.evictor = null
   }
 
   /** The entry under `key` unless it has expired; an expired one is dropped on the way. */

@@ -98,6 +98,27 @@ testProvider(t, {
       t.equal(provider.size, 4)
     })
 
+    t.test('after sessions came and went under the bound long enough to let the eviction cursor go, eviction still takes the oldest', async (t) => {
+      const provider = new MemoryProvider({ maxSessions: 3 })
+      const keys = Array.from({ length: 4 }, newKey)
+      for (const key of keys) provider.create(key, session())
+      t.equal(provider.get(keys[0]), null, 'one eviction')
+      // below the bound: more entries join than the store holds, none evicted
+      provider.destroy(keys[1])
+      let last = keys[3]
+      for (let i = 0; i < 5; i++) {
+        provider.destroy(last)
+        last = newKey()
+        provider.create(last, session())
+      }
+      const [x, y] = [newKey(), newKey()]
+      provider.create(x, session())
+      t.equal(provider.size, 3)
+      provider.create(y, session())
+      t.equal(provider.get(keys[2]), null, 'the oldest goes first, with a fresh cursor')
+      for (const key of [last, x, y]) t.ok(provider.get(key))
+    })
+
     t.test('eviction keeps working after close() empties the store', async (t) => {
       const provider = new MemoryProvider({ maxSessions: 1 })
       provider.create(newKey(), session())

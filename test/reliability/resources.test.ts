@@ -27,6 +27,7 @@ const MB = 1024 * 1024
 
 const FLOOD_CHILD = fileURLToPath(new URL('../fixtures/flood-child.ts', import.meta.url))
 const CLOSE_CHILD = fileURLToPath(new URL('../fixtures/close-child.ts', import.meta.url))
+const CHURN_CHILD = fileURLToPath(new URL('../fixtures/churn-child.ts', import.meta.url))
 
 /**
  * How this process loads TypeScript, for a child to load the fixtures the
@@ -65,6 +66,19 @@ function timeout<T> (promise: Promise<T>, ms: number): Promise<T | 'timeout'> {
     new Promise<'timeout'>((resolve) => { timer = setTimeout(() => resolve('timeout'), ms) })
   ])
 }
+
+t.test('a memory provider that was full once keeps a bounded heap while sessions come and go under its bound', { timeout: 120_000 }, async (t) => {
+  // 20,000 sessions, then 5 × 100,000 destroyed and created again: a cursor
+  // kept from the one eviction held every table the churn outgrew, about
+  // 13 MB more per checkpoint
+  const churn = run(t, ['--expose-gc', CHURN_CHILD, '100000', '5', '20000'])
+  const { code } = await churn.exit
+  t.equal(code, 0, churn.stderr())
+  if (code !== 0) return
+  const { heap, size } = JSON.parse(churn.stdout().trim()) as { heap: number[], size: number }
+  t.equal(size, 19_999)
+  t.ok(heap[4] - heap[0] < 4 * MB, `the heap stays put: ${heap.map((h) => (h / MB).toFixed(1)).join(', ')} MB`)
+})
 
 t.test(`the memory provider under ${FLOOD_REQUESTS.toLocaleString('en')} cookieless writes stays within maxSessions and a bounded heap`, { timeout: SOAK ? 900_000 : 120_000 }, async (t) => {
   const flood = run(t, ['--expose-gc', FLOOD_CHILD, String(FLOOD_REQUESTS), String(MAX_SESSIONS)])
