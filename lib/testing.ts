@@ -571,6 +571,51 @@ export function testProvider<P extends SessionProvider> (t: Test, options: Confo
       t.same(keysOf(await provider.listByUser!(user, [])), [key])
     })
 
+    t.test('an owner change made along with data changes moves the session, and user null along with them unlists it', noUsers, async (t) => {
+      const provider = await open(t)
+      const key = newKey()
+      const [alice, bob] = [generateId(), generateId()]
+      await provider.create(key, newSession([['a', '1'], ['b', '2']], undefined, alice))
+      t.equal(await provider.update(key, patch({ set: new Map([['a', '3']]), delete: ['b'], user: bob })), true, 'update answers true')
+      t.same(await provider.listByUser!(alice, []), [], 'gone from the old user')
+      t.same(keysOf(await provider.listByUser!(bob, [])), [key], 'listed under the new user')
+      t.same((await provider.get(key))?.data, new Map([['a', '3']]), 'and the data changed too')
+      t.equal(await provider.update(key, patch({ set: new Map([['c', '4']]), user: null })), true, 'update answers true')
+      t.same(await provider.listByUser!(bob, []), [], 'no longer listed')
+      t.equal(await provider.destroyByUser!(bob), 0, 'destroyByUser does not reach it')
+      t.same((await provider.get(key))?.data, new Map([['a', '3'], ['c', '4']]), 'the session itself stays, changed')
+    })
+
+    t.test('a touch keeps the owner: still listed, and destroyByUser reaches it', noUsers, async (t) => {
+      const provider = await open(t)
+      const key = newKey()
+      const user = generateId()
+      await provider.create(key, newSession(undefined, undefined, user))
+      t.equal(await provider.update(key, patch()), true, 'the touch answers true')
+      t.same(keysOf(await provider.listByUser!(user, [])), [key], 'listed')
+      t.equal(await provider.destroyByUser!(user), 1, 'reached')
+      t.equal(await provider.get(key), null, 'and gone')
+    })
+
+    t.test('listByUser answers the times of the latest write', noUsers, async (t) => {
+      const provider = await open(t)
+      const key = newKey()
+      const user = generateId()
+      const session = newSession(undefined, undefined, user)
+      await provider.create(key, session)
+      const touch = patch({ lastSeenAt: session.lastSeenAt + 1000, expiresAt: session.expiresAt + 2000 })
+      await provider.update(key, touch)
+      let [listed] = await provider.listByUser!(user, [])
+      t.equal(listed?.lastSeenAt, touch.lastSeenAt, 'lastSeenAt of the touch')
+      t.equal(listed?.expiresAt, touch.expiresAt, 'expiresAt of the touch')
+      const change = patch({ set: new Map([['a', '1']]), lastSeenAt: touch.lastSeenAt + 1000, expiresAt: touch.expiresAt + 2000 })
+      await provider.update(key, change)
+      ;[listed] = await provider.listByUser!(user, [])
+      t.equal(listed?.lastSeenAt, change.lastSeenAt, 'lastSeenAt of the change')
+      t.equal(listed?.expiresAt, change.expiresAt, 'expiresAt of the change')
+      t.equal(listed?.createdAt, session.createdAt, 'createdAt as created')
+    })
+
     t.test('a wrong owned hint changes nothing: the owner stays listed past the old deadline', noUsers, async (t) => {
       const provider = await open(t)
       const [owned, unowned] = [newKey(), newKey()]
