@@ -16,7 +16,10 @@
  * - `create` never overwrites an existing record.
  * - Deadlines are absolute epoch milliseconds and travel with every write,
  *   so stores with native expiry need no sweep.
- * - Values are JSON texts; a provider stores and returns them verbatim.
+ * - Values are JSON texts in the form `JSON.stringify` writes them; a
+ *   provider returns each text as it was given. (One that keeps values in a
+ *   JSON type of the store may answer another text of the same value for a
+ *   text in another form, `1.0` or `"\u00e9"`, which the plugin never writes.)
  */
 export interface SessionProvider {
   /**

@@ -138,7 +138,7 @@ export function testProvider<P extends SessionProvider> (t: Test, options: Confo
       }
       t.equal(await provider.create(key, session), true, 'create answers true')
       const stored = await provider.get(key)
-      t.same(stored?.data, session.data, 'every JSON text comes back verbatim')
+      t.strictSame(stored?.data, session.data, 'every JSON text comes back verbatim, as a string')
       t.equal(stored?.createdAt, session.createdAt, 'createdAt')
       t.equal(stored?.lastSeenAt, session.lastSeenAt, 'lastSeenAt')
       t.equal(stored?.expiresAt, session.expiresAt, 'expiresAt')

@@ -27,8 +27,10 @@
  * `jsonb_remove` once per key, with a path whose label is the key as a JSON
  * string. SQLite compares such labels by their decoded characters, so keys
  * with quotes, dots, `$`, brackets, control characters or lone surrogates all
- * work; the values the patch does not name keep their text (numbers and
- * escapes as written, only insignificant whitespace goes); and a value of
+ * work; the values the patch does not name keep their text in the table
+ * (numbers and escapes as written, only insignificant whitespace goes),
+ * though `get` answers each as `JSON.stringify` writes it (see `decode`);
+ * and a value of
  * `null` is stored rather than read as "delete" as `json_patch` would.
  *
  * The one kind of key SQLite gets wrong is one holding U+0000: it compares labels
