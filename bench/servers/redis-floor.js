@@ -9,6 +9,7 @@
 // store work and plugin work.
 import Fastify from 'fastify'
 import fastifyCookie from '@fastify/cookie'
+import { bareSessions } from '../lib/bare-sessions.js'
 import { defineRoutes, failStartup, serve, serverConfig } from '../lib/server.js'
 
 const config = serverConfig()
@@ -30,14 +31,8 @@ try {
     ? () => provider.update(KEY, { set: new Map([['n', String(++n)]]), delete: null, lastSeenAt: Date.now(), expiresAt: far, owned: false })
     : () => connection.send(['PING'])
 
-  // capped and evicted as the baseline's, so that `new` does not grow the heap
-  const MAX = 100_000
-  const store = new Map()
-  let evictor = null
-  let seq = 0
   const app = Fastify({ logger: false })
   await app.register(fastifyCookie)
-  app.decorateRequest('floorRecord', null)
   app.decorateRequest('floorWrites', false)
   app.addHook('preHandler', async (request) => {
     if (request.headers.cookie !== undefined && request.routeOptions.config.session !== false) await read()
@@ -45,26 +40,12 @@ try {
   app.addHook('onSend', async (request) => {
     if (request.floorWrites) await write()
   })
-  const record = (request) => {
-    const id = request.cookies.sessionid
-    return id === undefined ? undefined : store.get(id)
-  }
+  const bare = bareSessions(app, 'f')
   defineRoutes(app, {
-    get: (request, key) => record(request)?.[key],
+    get: bare.get,
     set (request, reply, key, value) {
       request.floorWrites = true
-      let rec = record(request) ?? request.floorRecord
-      if (rec === null) {
-        const id = 'f' + (++seq)
-        rec = request.floorRecord = {}
-        if (store.size >= MAX) {
-          evictor ??= store.keys()
-          store.delete(evictor.next().value)
-        }
-        store.set(id, rec)
-        reply.setCookie('sessionid', id, { path: '/', httpOnly: true, sameSite: 'lax' })
-      }
-      rec[key] = value
+      bare.set(request, reply, key, value)
     }
   }, { optOut: true, faults: config.faults })
 
