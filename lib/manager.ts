@@ -391,7 +391,9 @@ export class SessionManager {
     const listByUser = this.#store?.listByUser
     if (listByUser === undefined) throw new FST_SESSION_UNSUPPORTED('listing sessions by user', 'it has no listByUser()')
     const records = await this.#call(() => listByUser.call(this.provider, user, []))
-    return records.find((record) => this.handleOf(record.key) === handle)?.key
+    const now = Date.now()
+    // as listUserSessions, which hands out the handles, sees the sessions
+    return records.find((record) => this.#live(record, now) && this.handleOf(record.key) === handle)?.key
   }
 
   /**

@@ -121,6 +121,19 @@ t.test('destroyUserSession ends one listed session, only for its own user', asyn
   t.equal(await app.sessions.destroyUserSession('bob', 42 as unknown as string), false, 'a malformed handle is false')
 })
 
+t.test('destroyUserSession does not end a session past the lifetimes of the app that asks', async (t) => {
+  // two apps on one store: the one that asks has a shorter idle timeout
+  const provider = new AsyncMemoryProvider()
+  const long = await appWithUserRoutes(t, { provider })
+  const short = await appWithUserRoutes(t, { provider, maxLifetime: 0.05 })
+  const cookie = await loginAs(long, 'ada', 'a')
+  const { handle } = (await long.inject({ url: '/mine', headers: cookieHeader(cookie) })).json()
+  await new Promise((resolve) => setTimeout(resolve, 80))
+  t.same(await short.sessions.listUserSessions('ada'), [], 'not listed there')
+  t.equal(await short.sessions.destroyUserSession('ada', handle), false, 'so not ended there either')
+  t.equal((await long.sessions.listUserSessions('ada')).length, 1, 'the app whose lifetimes it is within still has it')
+})
+
 t.test('user ids are strings or finite numbers compared as strings; anything else is a coded error', async (t) => {
   const app = await appWithUserRoutes(t)
   app.post('/bad-user', async (request) => {
