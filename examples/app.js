@@ -149,6 +149,10 @@ export async function build ({ secret, logger = false }) {
     // JSON bodies can carry half a surrogate pair, which no session store keeps
     if (!username.isWellFormed()) return reply.code(400).type('text/plain; charset=utf-8').send('The username is not valid text.')
     await request.session.regenerate()
+    // What an earlier user left in this browser's session is not the new
+    // user's; what an anonymous visitor gathered before signing in is.
+    const previous = request.session.get('userId')
+    if (previous !== undefined && previous !== username) request.session.clear()
     request.session.set('userId', username)
     request.session.set('userAgent', request.headers['user-agent'] || 'an unnamed browser')
     request.session.set('loginAt', Date.now())

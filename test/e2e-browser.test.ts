@@ -115,6 +115,23 @@ async function main (): Promise<void> {
     t.match(list.body, '<td class="ua">an unnamed browser</td>')
   })
 
+  t.test('signing in as someone else in the same browser does not carry the first user\'s data over', async (t) => {
+    const app = await example.build({ secret: SECRET })
+    t.teardown(() => app.close())
+    const form = { 'content-type': 'application/x-www-form-urlencoded' }
+    const cookieOf = (res: { cookies: Array<{ name: string, value: string }> }): string =>
+      `sessionid=${res.cookies.find((c) => c.name === 'sessionid')?.value as string}`
+    let cookie = cookieOf(await app.inject({ method: 'POST', url: '/login', payload: 'username=ada', headers: form }))
+    await app.inject({ method: 'POST', url: '/count', headers: { ...form, cookie } })
+    t.match((await app.inject({ url: '/', headers: { cookie } })).body, '<output id="count">1</output>')
+    cookie = cookieOf(await app.inject({ method: 'POST', url: '/login', payload: 'username=ada', headers: { ...form, cookie } }))
+    t.match((await app.inject({ url: '/', headers: { cookie } })).body, '<output id="count">1</output>', 'the same user again keeps it')
+    cookie = cookieOf(await app.inject({ method: 'POST', url: '/login', payload: 'username=bob', headers: { ...form, cookie } }))
+    const home = (await app.inject({ url: '/', headers: { cookie } })).body
+    t.match(home, '<strong>bob</strong>')
+    t.match(home, '<output id="count">0</output>', 'bob starts from nothing')
+  })
+
   t.test('node examples/app.js listens on PORT and prints its URL', async (t) => {
     const env: NodeJS.ProcessEnv = { ...process.env, PORT: '0' }
     delete env.SESSION_SECRET
