@@ -99,7 +99,8 @@ export class SessionManager {
     const user = this.#user(userId)
     const destroyByUser = this.#store?.destroyByUser
     if (destroyByUser === undefined) throw new FST_SESSION_UNSUPPORTED('ending sessions by user', 'it has no destroyByUser()')
-    const { except } = options
+    // null from JavaScript callers means no options, as undefined does
+    const { except } = options ?? {}
     const end = (exceptKey?: string): Promise<number> => this.#call(() => destroyByUser.call(this.provider, user, exceptKey))
     let exceptKey: string | undefined
     if (except instanceof Session) {

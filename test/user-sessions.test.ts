@@ -107,6 +107,8 @@ t.test('destroyUserSessions takes a handle as except, or nothing at all', async 
   t.same((await app.inject({ url: '/get/userId', headers: cookieHeader(keep) })).json(), { value: 'ada' })
   t.equal(await app.sessions.destroyUserSessions('ada', { except: 'not-a-handle' }), 1)
   t.equal(await app.sessions.destroyUserSessions('ada'), 0)
+  await loginAs(app, 'ada', 'again')
+  t.equal(await app.sessions.destroyUserSessions('ada', null as unknown as undefined), 1, 'null options are no options')
 })
 
 t.test('destroyUserSession ends one listed session, only for its own user', async (t) => {
