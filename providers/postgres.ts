@@ -105,8 +105,6 @@ declare module '../lib/registry.js' {
 export const POSTGRES_PROVIDER = 'postgres'
 
 const SCHEMA_VERSION = 1
-/** The SQLSTATE of a repeatable-read transaction that met a row changed by a later commit. */
-const SERIALIZATION_FAILURE = '40001'
 
 // Update statements differ by which parts of the patch are present.
 const SETS_KEYS = 1
@@ -251,6 +249,8 @@ export class PostgresProvider implements SessionProvider {
     // the rollback brings the old row back, so a failed create changes nothing.
     return await this.withClient(async (client) => {
       await client.query('BEGIN')
+      // the new owner's lock, which ending that user's sessions waits for (see destroyByUser)
+      if (session.user !== null) await this.lockUser(client, session.user)
       const deleted = await client.query(this.sql.deleteLive, [replaces, values[6]])
       const created = deleted.rowCount === 1 && (await client.query(this.sql.create, values)).rowCount === 1
       await client.query(created ? 'COMMIT' : 'ROLLBACK')
@@ -302,31 +302,27 @@ export class PostgresProvider implements SessionProvider {
 
   /**
    * A `regenerate()` moving one of the user's sessions deletes the old row
-   * and inserts the new one in one transaction. Under read committed, a
-   * delete waiting on the old row skips it once that transaction commits,
-   * and never sees the new row, which its snapshot predates: the session
-   * would survive under its new key. Under repeatable read that is a
-   * serialization failure instead, and the delete runs again on a snapshot
-   * that holds the new row. Each retry needs another write to one of the
-   * user's rows to have committed meanwhile.
+   * and inserts the new one in one transaction. A delete waiting on the old
+   * row would skip it once that transaction commits, and never see the new
+   * row, which its snapshot predates: the session would survive under its
+   * new key. So both take the user's advisory lock first: this delete then
+   * starts after the move has committed, and sees the new row, or before it
+   * began, and the move finds nothing left to move.
    */
   async destroyByUser (user: string, exceptKey?: string): Promise<number> {
     if (!storable(user)) return 0
-    const values = [user, Date.now(), exceptKey ?? null]
     return await this.withClient(async (client) => {
-      for (;;) {
-        await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ')
-        try {
-          const { rowCount } = await client.query(this.sql.destroyByUser, values)
-          await client.query('COMMIT')
-          return rowCount as number
-        } catch (err) {
-          // anything else drops the connection (withClient), ending the transaction
-          if ((err as { code?: unknown }).code !== SERIALIZATION_FAILURE) throw err
-          await client.query('ROLLBACK')
-        }
-      }
+      await client.query('BEGIN')
+      await this.lockUser(client, user)
+      const { rowCount } = await client.query(this.sql.destroyByUser, [user, Date.now(), exceptKey ?? null])
+      await client.query('COMMIT')
+      return rowCount as number
     })
+  }
+
+  /** Takes the transaction-scoped advisory lock of one user's sessions in this table. */
+  private async lockUser (client: PoolClient, user: string): Promise<void> {
+    await client.query('SELECT pg_advisory_xact_lock($1::bigint)', [advisoryLockKey('user:' + user, this.table)])
   }
 
   /** Ends the pool made from `connectionString`; a pool handed in stays open. */
