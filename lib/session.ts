@@ -47,6 +47,14 @@ export class Session {
   #record: StoredSession | null
   /** Objects given to or taken from the caller, checked for in-place changes at save. */
   #objects: Map<string, unknown> | null = null
+  /**
+   * The keys of objects `get()` handed out: measured at their stored JSON,
+   * they may have shrunk in place since, so `set()` leaves a size it finds
+   * over the limit to the save while any of them is held.
+   */
+  #read: Set<string> | null = null
+  /** Whether `set()` left a size over the limit to the save. */
+  #sizeDeferred = false
   /** Keys changed on this request: their new JSON text, or `null` once deleted. */
   #pending: Map<string, string | null> | null = null
   /** The key of the record `regenerate()` moves away from, or the one a failed load was for. */
@@ -113,6 +121,7 @@ export class Session {
     if (typeof value === 'object' && value !== null) {
       if (this.#objects === null) this.#objects = new Map()
       this.#objects.set(key, value)
+      ;(this.#read ??= new Set()).add(key)
     }
     return value
   }
@@ -133,6 +142,7 @@ export class Session {
     const json = toJson(key, value)
     if (key === this.#manager.options.userKey) userOf(key, value)
     this.#change(key, json)
+    this.#read?.delete(key)
     if (typeof value === 'object' && value !== null) {
       if (this.#objects === null) this.#objects = new Map()
       this.#objects.set(key, value)
@@ -150,12 +160,14 @@ export class Session {
     if (this.#json(key) === undefined) return
     this.#change(key, null)
     if (this.#objects !== null) this.#objects.delete(key)
+    this.#read?.delete(key)
   }
 
   /** Removes every key. */
   clear (): void {
     this.#writable()
     this.#objects = null
+    this.#read = null
     for (const key of this.keys()) this.#change(key, null)
   }
 
@@ -263,7 +275,9 @@ export class Session {
     this.#flags |= DESTROYED
     this.#record = null
     this.#objects = null
+    this.#read = null
     this.#pending = null
+    this.#sizeDeferred = false
   }
 
   /** @internal Whether the session was moved to its new id before the save (the cookie is still to send). */
@@ -306,18 +320,22 @@ export class Session {
    * again and kept only where their JSON differs. `null` when nothing changed.
    */
   changes (): Map<string, string | null> | null {
+    let changedInPlace = false
     if (this.#objects !== null) {
       // all in before the size is checked: one object may grow in place
       // while another shrinks, and only their sum must fit
       for (const [key, value] of this.#objects) {
         const json = toJson(key, value)
-        if (json !== this.#json(key)) (this.#pending ??= new Map()).set(key, json)
+        if (json !== this.#json(key)) {
+          (this.#pending ??= new Map()).set(key, json)
+          changedInPlace = true
+        }
       }
-      if (this.#pending !== null) {
-        const size = this.#size()
-        const limit = this.#manager.options.maxSessionSize
-        if (size > limit) throw new FST_SESSION_TOO_LARGE(size, limit)
-      }
+    }
+    if (changedInPlace || this.#sizeDeferred) {
+      const size = this.#size()
+      const limit = this.#manager.options.maxSessionSize
+      if (size > limit) throw new FST_SESSION_TOO_LARGE(size, limit)
     }
     return this.#pending
   }
@@ -358,18 +376,19 @@ export class Session {
     if (json === null) return
     const size = this.#size()
     const limit = this.#manager.options.maxSessionSize
-    // Counted at their JSON of before, objects that get() handed out may have
-    // shrunk in place since; the save then checks the session as it is.
-    if (size > limit && !this.#holdsObjectsBesides(key)) {
-      if (before === undefined) this.#pending.delete(key)
-      else this.#pending.set(key, before)
-      throw new FST_SESSION_TOO_LARGE(size, limit)
+    if (size <= limit) return
+    if (this.#holdsReadObjectsBesides(key)) {
+      this.#sizeDeferred = true
+      return
     }
+    if (before === undefined) this.#pending.delete(key)
+    else this.#pending.set(key, before)
+    throw new FST_SESSION_TOO_LARGE(size, limit)
   }
 
-  #holdsObjectsBesides (key: string): boolean {
-    const objects = this.#objects
-    return objects !== null && objects.size > (objects.has(key) ? 1 : 0)
+  #holdsReadObjectsBesides (key: string): boolean {
+    const read = this.#read
+    return read !== null && read.size > (read.has(key) ? 1 : 0)
   }
 
   /** Bytes of the session's JSON with the pending changes applied. */

@@ -384,6 +384,41 @@ t.test('changes in place are measured together at save: one growing while anothe
   t.same((await app.inject({ url: '/get/done', headers: cookieHeader(cookie) })).json(), { value: [] })
 })
 
+t.test('set() past maxSessionSize still throws at once when the only objects held were set, not read', async (t) => {
+  const app = await build(t, { maxSessionSize: 100 })
+  app.post('/prefs-then-big', async (request) => {
+    request.session.set('prefs', { theme: 'dark' })
+    try {
+      request.session.set('blob', 'y'.repeat(500))
+    } catch (err) {
+      return { code: (err as { code: string }).code }
+    }
+    return {}
+  })
+  const res = await app.inject({ method: 'POST', url: '/prefs-then-big' })
+  t.equal(res.statusCode, 200)
+  t.same(res.json(), { code: 'FST_SESSION_TOO_LARGE' }, 'caught in the handler, not a failed response')
+})
+
+t.test('a request that reads an object and only deletes is saved, even in a session already over a lower limit', async (t) => {
+  // two apps on one store, the second with a lower limit than the session's size
+  const provider = new FailingProvider()
+  const roomy = await build(t, { provider })
+  const tight = await build(t, { provider, maxSessionSize: 200 })
+  tight.post('/trim', async (request) => {
+    request.session.get('obj')
+    request.session.delete('blob')
+    return {}
+  })
+  const created = await roomy.inject({ method: 'POST', url: '/set/obj', payload: '{"a":1}', headers: json })
+  const cookie = sessionCookie(created) as string
+  await roomy.inject({ method: 'POST', url: '/set/blob', payload: JSON.stringify('b'.repeat(300)), headers: { ...json, ...cookieHeader(cookie) } })
+  await roomy.inject({ method: 'POST', url: '/set/more', payload: JSON.stringify('m'.repeat(300)), headers: { ...json, ...cookieHeader(cookie) } })
+  const trimmed = await tight.inject({ method: 'POST', url: '/trim', headers: cookieHeader(cookie) })
+  t.equal(trimmed.statusCode, 200, 'the delete is saved')
+  t.same((await roomy.inject({ url: '/get/blob', headers: cookieHeader(cookie) })).json(), { value: null })
+})
+
 t.test('a value made unstorable in place fails that response with the serialisation error', async (t) => {
   const app = await build(t)
   app.post('/poison', async (request) => {
