@@ -44,11 +44,11 @@ export interface SessionPluginBaseOptions {
   cookieName?: string
   /** Session cookie attributes; each has its own default. @default {} */
   cookie?: SessionCookieOptions
-  /** Idle timeout in seconds: from 0.001, rounded to the millisecond, at most a century. @default 3600 */
+  /** Idle timeout in seconds: from 0.001 to 10¹², rounded to the millisecond. @default 3600 */
   maxLifetime?: number
   /** Seconds from creation after which a session ends whatever its activity; bounds and rounding as `maxLifetime`. @default 86400 */
   absoluteLifetime?: number
-  /** Seconds between sweeps, for providers that need them; 0 disables the timer. At most 2147483.647 (2³¹ − 1 ms, Node's longest timer). @default 60 */
+  /** Seconds between sweeps, for providers that need them; 0 disables the timer. From 0.001, rounded to the millisecond, to 2147483.647 (2³¹ − 1 ms, Node's longest timer). @default 60 */
   gcInterval?: number
   /**
    * Seconds (0, or from 0.001, rounded to the millisecond): a request that
@@ -139,11 +139,12 @@ function invalid (name: string, why: string): never {
 }
 
 /**
- * A century. Deadlines are whole milliseconds since the epoch, kept as
- * integers by the stores (a PostgreSQL bigint, Redis's PEXPIREAT): a longer
- * lifetime is a mistake, and one long enough would not fit them.
+ * Deadlines are whole milliseconds since the epoch, kept as integers by the
+ * stores (a PostgreSQL bigint, Redis's PEXPIREAT) and as a `Date` by cookies
+ * and connect stores: 10¹² seconds from now is still one of each, and far
+ * past any lifetime meant as "no limit".
  */
-const MAX_LIFETIME = 100 * 365.25 * 86400
+const MAX_LIFETIME = 1e12
 
 /** A duration option in seconds, at most `max`; a positive one is at least a millisecond. */
 function seconds (name: string, value: unknown, fallback: number, allowZero = false, max = MAX_LIFETIME): number {
@@ -152,7 +153,7 @@ function seconds (name: string, value: unknown, fallback: number, allowZero = fa
     invalid(name, `expected a ${allowZero ? 'non-negative' : 'positive'} number of seconds`)
   }
   if (value > max) invalid(name, `expected at most ${max} seconds`)
-  if (value > 0 && value < 0.001) invalid(name, 'expected at least 0.001 seconds: deadlines are whole milliseconds')
+  if (value > 0 && value < 0.001) invalid(name, 'expected 0.001 seconds or more: durations are whole milliseconds')
   return value
 }
 

@@ -46,14 +46,15 @@ async function resolveProvider (options: SessionPluginOptions): Promise<{ provid
     } catch (err) {
       // whatever it opened would outlive the failed registration
       const close = (created as { close?: unknown } | null)?.close
-      if (typeof close === 'function') await close.call(created)
+      // a close that fails too must not hide why the registration failed
+      if (typeof close === 'function') await Promise.resolve().then(() => close.call(created)).catch(() => {})
       throw err
     }
     return { provider: created, owned: true }
   }
   checkProvider(provider)
   // options for a provider made elsewhere would be silently ignored
-  if (options.providerOptions !== undefined) {
+  if (options.providerOptions !== undefined && Object.keys(options.providerOptions).length > 0) {
     throw new FST_SESSION_INVALID_OPTION('providerOptions', 'goes with a provider name; configure the provider instance you pass instead')
   }
   return { provider, owned: false }

@@ -30,7 +30,8 @@ t.test('registration fails with a coded error for each invalid option', async (t
     ['a maxLifetime under a millisecond', { maxLifetime: 0.0004 }],
     ['a touchAfter under a millisecond', { touchAfter: 0.0004 }],
     ['a maxLifetime past the millisecond deadlines stores keep', { maxLifetime: 1e17, absoluteLifetime: 1e17 }],
-    ['an absoluteLifetime over a century', { absoluteLifetime: 100 * 365.25 * 86400 + 1 }],
+    ['an absoluteLifetime over 10¹² seconds', { absoluteLifetime: 1e12 + 1 }],
+    ['a gcInterval under a millisecond, which would round to no sweep', { gcInterval: 0.0004 }],
     ['a touchAfter that rounds to maxLifetime', { maxLifetime: 1, touchAfter: 0.9998 }],
     ['a negative absoluteLifetime', { absoluteLifetime: -1 }],
     ['a string touchAfter', { touchAfter: '10' }],
@@ -70,13 +71,14 @@ t.test('valid edge options register', async (t) => {
   t.equal(await registrationError({ secret: [SECRET], touchAfter: 0, gcInterval: 0, maxLifetime: 0.5, absoluteLifetime: 0.25 }), null)
   t.equal(await registrationError({ secret: SECRET, storeTimeout: 2 ** 31 - 1, gcInterval: 2147483, cookie: { maxAge: 1 } }), null)
   t.equal(await registrationError({ secret: SECRET, maxLifetime: 60, touchAfter: 59.9 }), null)
+  t.equal(await registrationError({ secret: SECRET, maxLifetime: 1e10 }), null, 'a lifetime meant as no limit')
 })
 
 t.test('lifetimes in fractions of a millisecond give whole-millisecond deadlines', async (t) => {
   const provider = new RecordingProvider()
   const app = Fastify()
   t.teardown(() => app.close())
-  await app.register(sessions, { secret: SECRET, provider, maxLifetime: 2.5005, absoluteLifetime: 100 * 365.25 * 86400 })
+  await app.register(sessions, { secret: SECRET, provider, maxLifetime: 2.5005, absoluteLifetime: 1e12 })
   app.get('/', async (request) => {
     request.session.set('n', 1)
     return 'ok'
@@ -107,6 +109,7 @@ t.test('providerOptions beside a provider instance fail registration instead of 
   t.equal(err?.code, 'FST_SESSION_INVALID_OPTION')
   t.match(err?.message, /providerOptions/)
   t.equal(await registrationError({ secret: SECRET, provider: createMemoryProvider() }), null)
+  t.equal(await registrationError({ secret: SECRET, provider: createMemoryProvider(), providerOptions: {} }), null, 'an empty object, as a merged config may hold, ignores nothing')
 })
 
 t.test('a factory that answers something else than a provider fails registration', async (t) => {
@@ -117,6 +120,8 @@ t.test('a factory that answers something else than a provider fails registration
   registerProvider('half-provider', () => ({ get () {}, close () { closed++ } }) as never)
   t.equal((await registrationError({ secret: SECRET, provider: 'half-provider' }))?.code, 'FST_SESSION_INVALID_PROVIDER')
   t.equal(closed, 1)
+  registerProvider('half-provider-failing-close', () => ({ get () {}, close () { throw new Error('close failed') } }) as never)
+  t.equal((await registrationError({ secret: SECRET, provider: 'half-provider-failing-close' }))?.code, 'FST_SESSION_INVALID_PROVIDER', 'a close that fails too does not hide why')
 })
 
 t.test('registerProvider: same factory again is a no-op, another factory under a taken name is a coded error', async (t) => {

@@ -98,7 +98,7 @@ testProvider(t, {
       t.equal(provider.size, 4)
     })
 
-    t.test('after sessions came and went under the bound long enough to let the eviction cursor go, eviction still takes the oldest', async (t) => {
+    t.test('eviction still takes the oldest after sessions came and went under the bound for longer than the store holds', async (t) => {
       const provider = new MemoryProvider({ maxSessions: 3 })
       const keys = Array.from({ length: 4 }, newKey)
       for (const key of keys) provider.create(key, session())
