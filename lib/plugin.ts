@@ -46,8 +46,13 @@ async function resolveProvider (options: SessionPluginOptions): Promise<{ provid
     } catch (err) {
       // whatever it opened would outlive the failed registration
       const close = (created as { close?: unknown } | null)?.close
-      // a close that fails too must not hide why the registration failed
-      if (typeof close === 'function') await Promise.resolve().then(() => close.call(created)).catch(() => {})
+      if (typeof close === 'function') {
+        try {
+          await close.call(created)
+        } catch {
+          // a close that fails too must not hide why the registration failed
+        }
+      }
       throw err
     }
     return { provider: created, owned: true }
