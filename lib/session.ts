@@ -21,13 +21,6 @@ export type SessionValue<Key extends string> = Key extends keyof SessionData ? S
 
 const EMPTY: ReadonlyMap<string, string> = new Map()
 
-/**
- * Half of a UTF-16 surrogate pair on its own: UTF-8 has no form for it, so a
- * store that keeps text as UTF-8 (Redis, PostgreSQL, SQLite) would write
- * U+FFFD instead, and two such keys would become one.
- */
-const LONE_SURROGATE = /\p{Cs}/u
-
 const REGENERATED = 1
 const DESTROYED = 2
 const TOUCH = 4
@@ -138,7 +131,9 @@ export class Session {
       return
     }
     this.#writable()
-    if (LONE_SURROGATE.test(key)) throw new FST_SESSION_NOT_SERIALIZABLE(key, 'the key holds a lone UTF-16 surrogate, which stores keeping UTF-8 cannot hold')
+    // UTF-8 has no form for half a surrogate pair: a store keeping text as UTF-8
+    // (Redis, PostgreSQL, SQLite) would write U+FFFD, and two such keys become one
+    if (!key.isWellFormed()) throw new FST_SESSION_NOT_SERIALIZABLE(key, 'the key holds a lone UTF-16 surrogate, which stores keeping UTF-8 cannot hold')
     const json = toJson(key, value)
     if (key === this.#manager.options.userKey) userOf(key, value)
     this.#change(key, json)
@@ -424,6 +419,6 @@ export class Session {
 export function userOf (key: string, value: unknown): string | null {
   if (value === null || value === undefined) return null
   if (typeof value === 'number' && Number.isFinite(value)) return String(value)
-  if (typeof value === 'string' && !LONE_SURROGATE.test(value)) return value
+  if (typeof value === 'string' && value.isWellFormed()) return value
   throw new FST_SESSION_INVALID_USER(key)
 }

@@ -441,11 +441,9 @@ function jsonObject (data: ReadonlyMap<string, string>): string {
   return text + '}'
 }
 
-const LONE_SURROGATE = /\p{Cs}/u
-
 /** Whether PostgreSQL can keep `name` as text and as a jsonb key (see the top of this file). */
 function storable (name: string): boolean {
-  return !name.includes('\u0000') && !LONE_SURROGATE.test(name)
+  return !name.includes('\u0000') && name.isWellFormed()
 }
 
 /** The owner as the `user_id` column takes it. */
