@@ -223,12 +223,15 @@ index(user, ARGV[4], ARGV[7])
 return {1, current[2]}
 `)
 
-/* ARGV 4 key, 5 only if owned, 6 owner. Answers 1 when a live record was deleted. */
+/*
+ * ARGV 4 key, 5 only if owned, 6 owner. Answers 1 when a live record was
+ * deleted; a third value 1 when a record was there but spared, not the owner's.
+ */
 const DESTROY = new RedisScript(PRELUDE + `
 local key = KEYS[1]
 local current = redis.call('HMGET', key, 'e', 'u')
 if not current[1] then return {0, false} end
-if ARGV[5] == '1' and current[2] ~= ARGV[6] then return {0, false} end
+if ARGV[5] == '1' and current[2] ~= ARGV[6] then return {0, false, 1} end
 redis.call('DEL', key)
 unindex(current[2], ARGV[4])
 if tonumber(current[1]) > now then return {1, current[2]} end
@@ -258,12 +261,18 @@ settle(index)
 return removed
 `)
 
-/** Sharded only: KEYS[1] a user's index; ARGV 4 member, 5 deadline, or '' to remove. */
+/*
+ * Sharded only: KEYS[1] a user's index; ARGV 4 member, 5 deadline, or '' to
+ * remove. A deadline never lowers an entry's: of two writes racing, the
+ * later script may have set the later deadline, and an entry that left
+ * before its record would hide a live session from its owner's index.
+ */
 const INDEX = new RedisScript(PRELUDE + `
 if ARGV[5] == '' then
   redis.call('ZREM', KEYS[1], ARGV[4])
 else
-  redis.call('ZADD', KEYS[1], ARGV[5], ARGV[4])
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[4])
+  if not score or tonumber(score) < tonumber(ARGV[5]) then redis.call('ZADD', KEYS[1], ARGV[5], ARGV[4]) end
 end
 settle(KEYS[1])
 return 1
@@ -381,6 +390,9 @@ function pushChanges (args: string[], patch: SessionPatch): void {
   if (patch.delete !== null) for (const name of patch.delete) args.push(DATA + name)
 }
 
+/** For a clean-up whose failure leaves only a harmless stray, or follows another failure, the one to report. */
+function ignore (): void {}
+
 /** The PEXPIREAT argument and index score for a deadline: whole milliseconds, never early. */
 function deadline (expiresAt: number): string {
   return String(Math.ceil(expiresAt))
@@ -455,17 +467,7 @@ export class RedisProvider implements SessionProvider {
       for (const [name, json] of session.data) args.push(DATA + name, json)
       if (Number(await this.commands.run(CREATE_FRESH, this.sessionKey(key), args)) === 1) return true
     }
-    if (this.sharded && replaces !== undefined) {
-      // Two slots, so two steps, ordered so that a refusal changes nothing:
-      // the new record first (refused when the key is taken), then the old
-      // one goes, and when it had gone already the new one goes again. The
-      // new key is unknown to anyone until this answers, so nobody sees it
-      // come and go, and a concurrent destroy of the old record still wins.
-      if (!await this.create(key, session)) return false
-      if (await this.destroy(replaces)) return true
-      await this.destroy(key)
-      return false
-    }
+    if (this.sharded && replaces !== undefined) return this.moveSharded(key, session, replaces)
     const until = deadline(session.expiresAt)
     const args = this.head(key)
     args.push(
@@ -475,8 +477,40 @@ export class RedisProvider implements SessionProvider {
     )
     for (const [name, json] of session.data) args.push(DATA + name, json)
     const [created, previous] = await this.write(this.commands.run(CREATE, this.sessionKey(key), args))
-    if (this.sharded) await this.follow(key, previous, created ? session.user : null, until)
+    if (!this.sharded) return created
+    try {
+      await this.follow(key, previous, created ? session.user : null, until, null)
+    } catch (err) {
+      // the new key is unknown to anyone until this answers: its record goes
+      // rather than live on missing from its owner's index
+      if (created) await this.destroy(key).catch(ignore)
+      throw err
+    }
     return created
+  }
+
+  /**
+   * `create` with `replaces` across two slots, in steps ordered so that a
+   * refusal changes nothing and a concurrent `destroyByUser` still ends the
+   * session: the new record and its index entry first (refused when the key
+   * is taken), then the old record goes, and when it had gone already the
+   * new one goes again. A `destroyByUser` that read the index before the new
+   * entry came either deleted the old record first, which this then finds
+   * gone, or reads the index again after its deletes and finds the new
+   * entry. The new key is unknown to anyone until this answers, so nobody
+   * sees it come and go.
+   */
+  private async moveSharded (key: string, session: NewSession, replaces: string): Promise<boolean> {
+    if (!await this.create(key, session)) return false
+    let moved: boolean
+    try {
+      moved = await this.destroy(replaces)
+    } catch (err) {
+      await this.destroy(key).catch(ignore)
+      throw err
+    }
+    if (!moved) await this.destroy(key)
+    return moved
   }
 
   async update (key: string, patch: SessionPatch): Promise<boolean> {
@@ -486,11 +520,19 @@ export class RedisProvider implements SessionProvider {
     const owner = patch.user === undefined ? '=' : patch.user === null ? '-' : 's'
     args.push(String(patch.lastSeenAt), String(patch.expiresAt), until, owner, patch.user ?? '')
     pushChanges(args, patch)
+    if (!this.sharded) return (await this.write(this.commands.run(UPDATE, this.sessionKey(key), args)))[0]
+    // The owner's index entry goes first, with the new deadline: a failure
+    // after it leaves a stray entry, which reads skip, where one after the
+    // record's write would leave a live session its owner's index misses, or
+    // drops at the old deadline.
+    const indexed = patch.user !== undefined ? patch.user : await this.ownerOf(key)
+    if (indexed !== null) await this.index(indexed, key, until)
     const [updated, previous] = await this.write(this.commands.run(UPDATE, this.sessionKey(key), args))
-    if (this.sharded) {
-      const next = !updated ? null : patch.user === undefined ? previous : patch.user
-      await this.follow(key, previous, next, until)
-    }
+    const next = !updated ? null : patch.user === undefined ? previous : patch.user
+    // what is left to do only drops stray entries, or adds one that a
+    // concurrent owner change wrote already: a failure must not report the
+    // write, which has landed, as failed
+    await this.follow(key, previous, next, until, indexed).catch(ignore)
     return updated
   }
 
@@ -507,7 +549,8 @@ export class RedisProvider implements SessionProvider {
 
   async destroy (key: string): Promise<boolean> {
     const [live, previous] = await this.destroyRecord(key, null)
-    if (this.sharded) await this.follow(key, previous, null, '')
+    // a stray entry is harmless; a logout reported failed that happened is not
+    if (this.sharded) await this.follow(key, previous, null, '', null).catch(ignore)
     return live
   }
 
@@ -537,11 +580,29 @@ export class RedisProvider implements SessionProvider {
       args.push(exceptKey === undefined ? '0' : '1', exceptKey ?? '')
       return Number(await this.commands.run(DESTROY_BY_USER, this.indexKey(user), args))
     }
-    const doomed = (await this.members(user, Date.now())).filter((member) => member !== exceptKey)
-    if (doomed.length === 0) return 0
-    const outcomes = await Promise.all(doomed.map((member) => this.destroyRecord(member, user)))
-    await this.commands.send(['ZREM', this.indexKey(user), ...doomed])
-    return outcomes.filter(([live]) => live).length
+    // Not atomic across slots, so it reads the index again after each round
+    // of deletes until a read finds nothing new: a session moved by a
+    // concurrent regenerate() is indexed under its new key before the old
+    // record goes (see moveSharded), so a round that found the old record
+    // gone is followed by one that finds the new entry. An entry whose record
+    // is someone else's, or nobody's, stays: it may be an update's that makes
+    // this user the owner, written before its record (see update).
+    const seen = new Set<string>()
+    if (exceptKey !== undefined) seen.add(exceptKey)
+    let removed = 0
+    for (;;) {
+      const doomed = (await this.members(user, Date.now())).filter((member) => !seen.has(member))
+      if (doomed.length === 0) return removed
+      const outcomes = await Promise.all(doomed.map((member) => this.destroyRecord(member, user)))
+      const gone: string[] = []
+      for (let i = 0; i < doomed.length; i++) {
+        seen.add(doomed[i])
+        const [live, , spared] = outcomes[i]
+        if (live) removed++
+        if (!spared) gone.push(doomed[i])
+      }
+      if (gone.length > 0) await this.commands.send(['ZREM', this.indexKey(user), ...gone])
+    }
   }
 
   close (): void {
@@ -563,33 +624,45 @@ export class RedisProvider implements SessionProvider {
     return [String(Date.now()), this.keyspace, this.sharded ? '0' : '1', subject]
   }
 
-  /** Deletes a record, when `owner` is given only if it is theirs. */
-  private destroyRecord (key: string, owner: string | null): Promise<[boolean, string | null]> {
+  /** Deletes a record, when `owner` is given only if it is theirs (else `spared`). */
+  private destroyRecord (key: string, owner: string | null): Promise<[live: boolean, previous: string | null, spared: boolean]> {
     const args = this.head(key)
     args.push(owner === null ? '0' : '1', owner ?? '')
     return this.write(this.commands.run(DESTROY, this.sessionKey(key), args))
   }
 
-  /** A write script's answer: whether it did its work, and the owner of the record it found. */
-  private async write (reply: Promise<unknown>): Promise<[boolean, string | null]> {
-    const [done, previous] = await reply as [number | string, string | null]
-    return [Number(done) === 1, previous]
+  /**
+   * A write script's answer: whether it did its work, the owner of the record
+   * it found, and whether DESTROY spared a record of another owner.
+   */
+  private async write (reply: Promise<unknown>): Promise<[boolean, string | null, boolean]> {
+    const [done, previous, spared] = await reply as [number | string, string | null, number | string | undefined]
+    return [Number(done) === 1, previous, spared !== undefined]
   }
 
   /**
    * Sharded only: moves the index entry of `key` from its former owner to
-   * its owner now (`null`: none, or the record is gone). The index is in
-   * another slot, so this runs after the script and is not atomic with it:
-   * for a moment (or for good, if the process dies in between) the index may
-   * miss a session or list it under its former owner. Reads of the index
-   * check the owner in the record itself, and every entry leaves with its
-   * deadline, so a stray entry is never served and does not stay.
+   * its owner now (`null`: none, or the record is gone), after the script;
+   * `indexed` is the owner whose entry was written before it. The index is
+   * in another slot, so this is not atomic with the script: for a moment
+   * (or for good, if the process dies in between) the index may list a
+   * session under its former owner, or miss it when another request changed
+   * the owner between the two. Reads of the index check the owner in the
+   * record itself, and every entry leaves with its deadline, so a stray
+   * entry is never served and does not stay.
    */
-  private async follow (key: string, previous: string | null, next: string | null, until: string): Promise<void> {
+  private async follow (key: string, previous: string | null, next: string | null, until: string, indexed: string | null): Promise<void> {
     const moves: Array<Promise<unknown>> = []
     if (previous !== null && previous !== next) moves.push(this.index(previous, key, ''))
-    if (next !== null) moves.push(this.index(next, key, until))
+    if (next !== null && next !== indexed) moves.push(this.index(next, key, until))
+    // written for a write that did not apply, or for an owner that changed meanwhile
+    if (indexed !== null && indexed !== next && indexed !== previous) moves.push(this.index(indexed, key, ''))
     await Promise.all(moves)
+  }
+
+  /** Sharded only: the owner of the record under `key` now, `null` for none. */
+  private async ownerOf (key: string): Promise<string | null> {
+    return await this.commands.send(['HGET', this.sessionKey(key), 'u']) as string | null
   }
 
   /** Sharded only: adds (with a deadline) or removes (with '') a user's index entry. */
