@@ -330,12 +330,20 @@ export class SessionManager {
       throw storeError(err)
     }
     if (!isPromise(created)) {
-      if (created) this.#setCookie(reply, request, session.id)
+      this.#created(created, session, record, request, reply)
       return
     }
-    return this.#timed(created).then((answer) => {
-      if (answer) this.#setCookie(reply, request, session.id)
-    })
+    return this.#timed(created).then((answer) => this.#created(answer, session, record, request, reply))
+  }
+
+  #created (created: boolean, session: Session, record: NewSession, request: FastifyRequest, reply: FastifyReply): void {
+    if (!created) {
+      dropped(request)
+      return
+    }
+    // a destroy() after the save (in onResponse) must find the new record
+    session.created(record)
+    this.#setCookie(reply, request, session.id)
   }
 
   #loaded (record: StoredSession | null, cookie: VerifiedCookie, now: number): Session {
@@ -345,7 +353,11 @@ export class SessionManager {
 
   /** A write to a session destroyed meanwhile is dropped: no cookie refers to it. */
   #updated (updated: boolean, session: Session, request: FastifyRequest, reply: FastifyReply): void {
-    if (updated && !session.movedEarly && (session.renew || this.options.cookie.maxAge !== undefined)) this.#setCookie(reply, request, session.id)
+    if (!updated) {
+      dropped(request)
+      return
+    }
+    if (!session.movedEarly && (session.renew || this.options.cookie.maxAge !== undefined)) this.#setCookie(reply, request, session.id)
   }
 
   #patch (changes: Map<string, string | null> | null, lastSeenAt: number, expiresAt: number, owned: boolean): SessionPatch {
@@ -429,6 +441,16 @@ export class SessionManager {
 }
 
 /** @internal Whether `err` is a store failure rather than a fault of the session itself. */
+/**
+ * A write the store refused because the session had ended since it was
+ * loaded: destroyed (a logout elsewhere), moved by another request's
+ * regenerate(), or past its deadline. The response still goes out, without
+ * a session cookie; the line lets an operator see why a change did not stick.
+ */
+function dropped (request: FastifyRequest): void {
+  request.log.info('session ended before the save (destroyed, moved or expired meanwhile): the changes of this request were dropped')
+}
+
 export function isStoreFailure (err: unknown): err is Error {
   return err instanceof FST_SESSION_STORE_UNAVAILABLE
 }

@@ -260,6 +260,16 @@ export class Session {
   }
 
   /**
+   * @internal The save created the session's record under its own id (new,
+   * or regenerated): what the request does after it, such as a `destroy()`
+   * in `onResponse`, is about that record.
+   */
+  created (record: StoredSession): void {
+    this.#record = record
+    this.#previousKey = null
+  }
+
+  /**
    * @internal Marks the session ended: after `destroy()`, or when the record
    * `regenerate()` was to move had ended meanwhile (a logout elsewhere). Later
    * reads on this request see what the store now holds, nothing; changes are

@@ -6,6 +6,7 @@ import { storeKey } from '../lib/id.js'
 import { CookieSigner } from '../lib/cookie.js'
 import { build, cookieHeader, sessionCookie, setCookies, SECRET, OLD_SECRET } from './fixtures/app.js'
 import { RecordingProvider } from './fixtures/providers.js'
+import { captureLogs } from './fixtures/log-capture.js'
 
 const idOf = (cookie: string): string => cookie.slice(0, cookie.lastIndexOf('.'))
 const json = { 'content-type': 'application/json' }
@@ -233,9 +234,12 @@ t.test('regenerate() then destroy() in one request ends the old record', async (
   t.equal(provider.size, 0)
 })
 
+const DROPPED = 'session ended before the save (destroyed, moved or expired meanwhile): the changes of this request were dropped'
+
 t.test('a write racing a destroy answers but never brings the session back', async (t) => {
   const provider = new RecordingProvider()
-  const app = await build(t, { provider })
+  const logs = captureLogs('info')
+  const app = await build(t, { provider }, { logger: logs.logger })
   app.post('/slow-write', async (request) => {
     request.session.set('late', true)
     await new Promise((resolve) => setTimeout(resolve, 50))
@@ -252,11 +256,13 @@ t.test('a write racing a destroy answers but never brings the session back', asy
   t.same(setCookies(write), [])
   t.equal(provider.size, 0)
   t.same((await app.inject({ url: '/get/a', headers: cookieHeader(cookie) })).json(), { value: null })
+  t.equal(logs.lines.filter((line) => line.msg === DROPPED).length, 1, 'the dropped write is logged, at info')
 })
 
 t.test('a regenerate racing a logout does not resurrect the session under the new id', async (t) => {
   const provider = new RecordingProvider()
-  const app = await build(t, { provider })
+  const logs = captureLogs('info')
+  const app = await build(t, { provider }, { logger: logs.logger })
   app.post('/slow-login', async (request) => {
     await request.session.regenerate()
     await new Promise((resolve) => setTimeout(resolve, 50))
@@ -270,6 +276,28 @@ t.test('a regenerate racing a logout does not resurrect the session under the ne
   ])
   t.same(setCookies(slow), [])
   t.equal(provider.size, 0)
+  t.same(logs.lines.filter((line) => line.msg === DROPPED).map((line) => line.level), [30], 'the dropped login is logged, at info')
+})
+
+t.test('destroy() after the save, in onResponse, ends the record the save created', async (t) => {
+  const provider = new RecordingProvider()
+  const app = await build(t, { provider })
+  app.addHook('onResponse', async (request) => {
+    if (request.url.startsWith('/set/') || request.url === '/login') await request.session.destroy()
+  })
+  const created = await app.inject({ method: 'POST', url: '/set/a', payload: '1', headers: json })
+  const fresh = sessionCookie(created) as string
+  t.ok(fresh, 'a new session: its cookie went out')
+  t.equal(provider.size, 0, 'and its record is gone')
+  t.same((await app.inject({ url: '/get/a', headers: cookieHeader(fresh) })).json(), { value: null })
+
+  const other = await build(t, { provider })
+  const visit = await other.inject({ method: 'POST', url: '/set/a', payload: '1', headers: json })
+  const login = await app.inject({ method: 'POST', url: '/login', payload: { user: 'ada' }, headers: { ...json, ...cookieHeader(sessionCookie(visit) as string) } })
+  const moved = sessionCookie(login) as string
+  t.ok(moved, 'a regenerated session: its new cookie went out')
+  t.equal(provider.size, 0, 'and the record under its new id is gone, as the old one is')
+  t.same((await app.inject({ url: '/get/userId', headers: cookieHeader(moved) })).json(), { value: null })
 })
 
 t.test('a cookie signed by an older secret is re-signed with the first one on that response', async (t) => {
