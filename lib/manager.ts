@@ -123,8 +123,10 @@ export class SessionManager {
 
   /** Ends the session of `userId` that `handle` names; answers whether it ended one. */
   async destroyUserSession (userId: string | number, handle: string): Promise<boolean> {
-    const key = await this.#keyOfHandle(this.#user(userId), handle)
-    return key === undefined ? false : this.destroyKey(key)
+    const user = this.#user(userId)
+    const key = await this.#keyOfHandle(user, handle)
+    // still theirs when it goes: it may have changed hands since the listing
+    return key === undefined ? false : this.destroyKey(key, user)
   }
 
   /** @internal */
@@ -151,10 +153,10 @@ export class SessionManager {
   }
 
   /** @internal */
-  async destroyKey (key: string): Promise<boolean> {
+  async destroyKey (key: string, owner?: string): Promise<boolean> {
     const store = this.#store
     if (store === null) return false
-    return this.#call(() => store.destroy(key))
+    return this.#call(() => store.destroy(key, owner))
   }
 
   /**

@@ -48,8 +48,13 @@ export interface SessionProvider {
    */
   update (key: string, patch: SessionPatch): Promise<boolean> | boolean
 
-  /** Deletes the record. Answers whether a live record was deleted. */
-  destroy (key: string): Promise<boolean> | boolean
+  /**
+   * Deletes the record. Answers whether a live record was deleted. With
+   * `owner`, which the plugin passes only to providers that have
+   * `listByUser`, deletes it only if that user owns it, in the same step:
+   * a session that changed hands since it was listed is left alone.
+   */
+  destroy (key: string, owner?: string): Promise<boolean> | boolean
 
   /**
    * Removes expired records and answers how many it removed. Providers whose

@@ -586,6 +586,24 @@ export function testProvider<P extends SessionProvider> (t: Test, options: Confo
       t.same((await provider.get(key))?.data, new Map([['a', '3'], ['c', '4']]), 'the session itself stays, changed')
     })
 
+    t.test('destroy with an owner deletes only a record that user owns', noUsers, async (t) => {
+      const provider = await open(t)
+      const [theirs, others, nobodys] = [newKey(), newKey(), newKey()]
+      const [alice, bob] = [generateId(), generateId()]
+      await provider.create(theirs, newSession(undefined, undefined, alice))
+      await provider.create(others, newSession(undefined, undefined, bob))
+      await provider.create(nobodys, newSession())
+      t.equal(await provider.destroy(others, alice), false, 'another user\'s: false')
+      t.equal(await provider.destroy(nobodys, alice), false, 'nobody\'s: false')
+      t.not(await provider.get(others), null, 'and both stay')
+      t.not(await provider.get(nobodys), null)
+      t.same(keysOf(await provider.listByUser!(bob, [])), [others], 'still listed under their owner')
+      t.equal(await provider.destroy(theirs, alice), true, 'the owner\'s own: true')
+      t.equal(await provider.get(theirs), null, 'and gone')
+      t.same(await provider.listByUser!(alice, []), [], 'and unlisted')
+      t.equal(await provider.destroy(newKey(), alice), false, 'a missing one: false')
+    })
+
     t.test('a touch keeps the owner: still listed, and destroyByUser reaches it', noUsers, async (t) => {
       const provider = await open(t)
       const key = newKey()

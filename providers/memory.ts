@@ -162,10 +162,11 @@ export class MemoryProvider implements SessionProvider {
     return true
   }
 
-  destroy (key: string): boolean {
-    const live = this.live(key) !== undefined
+  destroy (key: string, owner?: string): boolean {
+    const entry = this.live(key)
+    if (owner !== undefined && entry?.user !== owner) return false
     this.remove(key)
-    return live
+    return entry !== undefined
   }
 
   gc (): number {

@@ -146,6 +146,7 @@ export class PostgresProvider implements SessionProvider {
     readonly get: string
     readonly create: string
     readonly destroy: string
+    readonly destroyOwned: string
     readonly deleteLive: string
     readonly sweep: string
     readonly listByUser: string
@@ -208,6 +209,7 @@ export class PostgresProvider implements SessionProvider {
         WHERE s.key = $1 AND s.expires_at > $2`,
       create: upsert,
       destroy: `DELETE FROM ${t} WHERE key = $1 RETURNING expires_at > $2 AS live`,
+      destroyOwned: `DELETE FROM ${t} WHERE key = $1 AND user_id = $3 RETURNING expires_at > $2 AS live`,
       deleteLive: `DELETE FROM ${t} WHERE key = $1 AND expires_at > $2`,
       // The batch goes in as an array so its rows are found through the
       // primary key rather than by a join over the table; the deadline is
@@ -278,8 +280,11 @@ export class PostgresProvider implements SessionProvider {
     return rowCount === 1
   }
 
-  async destroy (key: string): Promise<boolean> {
-    const { rows } = await this.pool.query<{ live: boolean }>(this.sql.destroy, [key, Date.now()])
+  async destroy (key: string, owner?: string): Promise<boolean> {
+    if (owner !== undefined && !storable(owner)) return false
+    const { rows } = owner === undefined
+      ? await this.pool.query<{ live: boolean }>(this.sql.destroy, [key, Date.now()])
+      : await this.pool.query<{ live: boolean }>(this.sql.destroyOwned, [key, Date.now(), owner])
     return rows.length === 1 && rows[0].live
   }
 

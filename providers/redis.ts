@@ -547,8 +547,8 @@ export class RedisProvider implements SessionProvider {
     return Number(await this.commands.run(UPDATE_UNOWNED, this.sessionKey(key), args)) === 1
   }
 
-  async destroy (key: string): Promise<boolean> {
-    const [live, previous] = await this.destroyRecord(key, null)
+  async destroy (key: string, owner?: string): Promise<boolean> {
+    const [live, previous] = await this.destroyRecord(key, owner ?? null)
     // a stray entry is harmless; a logout reported failed that happened is not
     if (this.sharded) await this.follow(key, previous, null, '', null).catch(ignore)
     return live

@@ -134,6 +134,7 @@ export class SqliteProvider implements SessionProvider {
   private readonly touch: Database.Statement<[number, number, string, number]>
   private readonly touchAndOwner: Database.Statement<[number, number, string | null, string, number]>
   private readonly remove: Database.Statement<[string, number], number>
+  private readonly removeOwned: Database.Statement<[string, string, number], number>
   private readonly removeLive: Database.Statement<[string, number]>
   private readonly sweep: Database.Statement<[number, number]>
   private readonly selectByUser: Database.Statement<[number, string, number], UserRow>
@@ -233,6 +234,9 @@ export class SqliteProvider implements SessionProvider {
       this.remove = this.db.prepare<[string, number], number>(
         `DELETE FROM ${t} WHERE key = ? RETURNING expires_at > ?`
       ).pluck().safeIntegers(false)
+      this.removeOwned = this.db.prepare<[string, string, number], number>(
+        `DELETE FROM ${t} WHERE key = ? AND user_id = ? RETURNING expires_at > ?`
+      ).pluck().safeIntegers(false)
       this.removeLive = this.db.prepare(`DELETE FROM ${t} WHERE key = ? AND expires_at > ?`)
       // The subquery walks the deadline index from the oldest and stops after a batch; the rowids
       // it yields come from the index itself, so a sweep reads only what it deletes
@@ -304,8 +308,9 @@ export class SqliteProvider implements SessionProvider {
     return changes === 1
   }
 
-  destroy (key: string): boolean {
-    return this.remove.get(key, Date.now()) === 1
+  destroy (key: string, owner?: string): boolean {
+    const now = Date.now()
+    return (owner === undefined ? this.remove.get(key, now) : this.removeOwned.get(key, owner, now)) === 1
   }
 
   gc (): number {

@@ -123,6 +123,28 @@ t.test('destroyUserSession ends one listed session, only for its own user', asyn
   t.equal(await app.sessions.destroyUserSession('bob', 42 as unknown as string), false, 'a malformed handle is false')
 })
 
+t.test('destroyUserSession does not end a session that changed hands after it was listed', async (t) => {
+  const provider = new AsyncMemoryProvider()
+  const app = await appWithUserRoutes(t, { provider })
+  app.post<{ Body: { user: string } }>('/become', async (request) => {
+    // a login without regenerate(): the same id, another owner
+    request.session.set('userId', request.body.user)
+    return {}
+  })
+  const cookie = await loginAs(app, 'ada', 'a')
+  const { handle } = (await app.inject({ url: '/mine', headers: cookieHeader(cookie) })).json()
+  const listByUser = provider.listByUser.bind(provider)
+  provider.listByUser = async (user, infoKeys) => {
+    const records = await listByUser(user, infoKeys)
+    provider.listByUser = listByUser
+    await app.inject({ method: 'POST', url: '/become', payload: { user: 'bob' }, headers: { ...json, ...cookieHeader(cookie) } })
+    return records
+  }
+  t.equal(await app.sessions.destroyUserSession('ada', handle), false, 'ada no longer owns it when it would go')
+  t.same((await app.inject({ url: '/get/userId', headers: cookieHeader(cookie) })).json(), { value: 'bob' }, "bob's session lives")
+  t.equal((await app.sessions.listUserSessions('bob')).length, 1)
+})
+
 t.test('destroyUserSession does not end a session past the lifetimes of the app that asks', async (t) => {
   // two apps on one store: the one that asks has a shorter idle timeout
   const provider = new AsyncMemoryProvider()

@@ -583,6 +583,7 @@ t.test('with PostgreSQL', async function (t) {
     t.same((await provider.listByUser('alice', ['name', 'n\u0000'])).map((r) => values(r.info)), [{ name: 'laptop' }], 'an info key holding NUL shows nothing')
     t.same(await provider.listByUser('al\u0000ice', ['name']), [], 'nobody owns under such a name')
     t.equal(await provider.destroyByUser('al\u0000ice'), 0)
+    t.equal(await provider.destroy(key, 'al\u0000ice'), false, 'nor deletes under such a name')
     t.equal(await rowCount(table), 1)
   })
 
