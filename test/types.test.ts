@@ -6,7 +6,8 @@ import { promisify } from 'node:util'
 const run = promisify(execFile)
 const tsc = fileURLToPath(new URL('../node_modules/typescript/bin/tsc', import.meta.url))
 const fixture = (name: string): string => fileURLToPath(new URL(`./fixtures/types/${name}`, import.meta.url))
-const flags = ['--ignoreConfig', '--noEmit', '--strict', '--skipLibCheck', '--target', 'es2022', '--module', 'nodenext', '--moduleResolution', 'nodenext', '--types', 'node']
+// the fixtures import the sources, not dist/, so they need the lib the sources are built with
+const flags = ['--ignoreConfig', '--noEmit', '--strict', '--skipLibCheck', '--target', 'es2022', '--lib', 'es2023,es2024.string', '--module', 'nodenext', '--moduleResolution', 'nodenext', '--types', 'node']
 
 /**
  * Each fixture is its own program, since declaration merging is global to
