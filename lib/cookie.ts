@@ -139,14 +139,14 @@ export const MAX_SAME_NAME_COOKIES = 8
 
 /**
  * Calls `accept` with each value of cookie `name` in a `Cookie` header, in
- * order, until it answers something other than `null`, trying at most
- * `MAX_SAME_NAME_COOKIES` values. A header may carry the same name several
- * times (a parent-domain cookie beside ours); the first value that verifies
- * wins.
+ * order, until it answers something other than `null` for the `skip + 1`th
+ * time, trying at most `MAX_SAME_NAME_COOKIES` values. A header may carry
+ * the same name several times (one per path and domain that set it).
  */
-export function findCookie<T> (header: string, name: string, accept: (value: string) => T | null): T | null {
+export function findCookie<T> (header: string, name: string, accept: (value: string) => T | null, skip = 0): T | null {
   let from = 0
   let tries = 0
+  let accepted = 0
   while (from < header.length && tries < MAX_SAME_NAME_COOKIES) {
     const at = header.indexOf(name, from)
     if (at === -1) return null
@@ -161,7 +161,7 @@ export function findCookie<T> (header: string, name: string, accept: (value: str
     if (value === null) continue
     tries++
     const result = accept(value)
-    if (result !== null) return result
+    if (result !== null && accepted++ === skip) return result
   }
   return null
 }

@@ -176,14 +176,19 @@ export class SessionManager {
     }
     const cookie = header === undefined ? null : findCookie(header, this.options.cookieName, this.#cookies.verify)
     if (cookie === null) return new Session(this, null, null, null, now, false)
+    return this.#fetch(header as string, cookie, 0, now)
+  }
+
+  /** The session of the `skipped + 1`th verified cookie in `header`, or of a later one when that session has ended. */
+  #fetch (header: string, cookie: VerifiedCookie, skipped: number, now: number): Session | Promise<Session> {
     let found: Settled<StoredSession | null>
     try {
       found = (this.#store as SessionProvider).get(cookie.key)
     } catch (err) {
       throw storeError(err)
     }
-    if (!isPromise(found)) return this.#loaded(found, cookie, now)
-    return this.#timed(found).then((record) => this.#loaded(record, cookie, now))
+    if (!isPromise(found)) return this.#loaded(found, header, cookie, skipped, now)
+    return this.#timed(found).then((record) => this.#loaded(record, header, cookie, skipped, now))
   }
 
   /**
@@ -348,9 +353,15 @@ export class SessionManager {
     this.#setCookie(reply, request, session.id)
   }
 
-  #loaded (record: StoredSession | null, cookie: VerifiedCookie, now: number): Session {
-    if (record === null || !this.#live(record, now)) return new Session(this, null, null, null, now, false)
-    return new Session(this, cookie.id, cookie.key, record, now, cookie.renew)
+  #loaded (record: StoredSession | null, header: string, cookie: VerifiedCookie, skipped: number, now: number): Session | Promise<Session> {
+    if (record !== null && this.#live(record, now)) return new Session(this, cookie.id, cookie.key, record, now, cookie.renew)
+    // A cookie of ours whose session ended may come before a live one: one
+    // left on another path or domain by earlier cookie settings, which the
+    // clearing cookie of a logout does not reach. Stopping at it would make
+    // a fresh session of every request, so that no login could stick.
+    const next = findCookie(header, this.options.cookieName, this.#cookies.verify, skipped + 1)
+    if (next === null) return new Session(this, null, null, null, now, false)
+    return this.#fetch(header, next, skipped + 1, now)
   }
 
   /** A write to a session destroyed meanwhile is dropped: no cookie refers to it. */

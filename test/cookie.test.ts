@@ -58,6 +58,9 @@ t.test('findCookie finds values only at a cookie boundary and stops at the first
   t.equal(findCookie('sid=', 'sid', accept), null)
   t.equal(findCookie('sid="good"', 'sid', accept), 'good')
   t.equal(findCookie('sid=%67ood', 'sid', accept), 'good')
+  const any = (value: string): string => value
+  t.equal(findCookie('sid=a; sid=b; sid=c', 'sid', any, 1), 'b', 'skip passes over as many accepted values')
+  t.equal(findCookie('sid=a; sid=b; sid=c', 'sid', any, 3), null)
 })
 
 t.test('findCookie tries a bounded number of values of the name, so a stuffed header costs little', async (t) => {

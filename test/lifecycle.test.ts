@@ -3,7 +3,7 @@ import { sign } from '@fastify/cookie'
 import Fastify from 'fastify'
 import sessions from '../index.js'
 import { storeKey } from '../lib/id.js'
-import { CookieSigner } from '../lib/cookie.js'
+import { CookieSigner, MAX_SAME_NAME_COOKIES } from '../lib/cookie.js'
 import { build, cookieHeader, sessionCookie, setCookies, SECRET } from './fixtures/app.js'
 import { AsyncMemoryProvider, RecordingProvider } from './fixtures/providers.js'
 
@@ -97,6 +97,36 @@ t.test('the first value of a repeated session cookie that verifies wins', async 
   const good = sessionCookie(login) as string
   const res = await app.inject({ url: '/get/views', headers: { cookie: `xsessionid=nope; sessionid=forged.sig; other=1; sessionid=${good}; sessionid=later` } })
   t.same(res.json(), { value: 3 })
+})
+
+t.test('a repeated session cookie whose session ended gives way to a later live one', async (t) => {
+  // a cookie left on another path by earlier settings comes first, and a
+  // logout's clearing cookie (on the current path) never reaches it
+  const provider = new AsyncMemoryProvider()
+  const app = await build(t, { provider })
+  const json = { 'content-type': 'application/json' }
+  const stale = sessionCookie(await app.inject({ method: 'POST', url: '/set/views', payload: '1', headers: json })) as string
+  await app.inject({ method: 'POST', url: '/logout', headers: cookieHeader(stale) })
+  const live = sessionCookie(await app.inject({ method: 'POST', url: '/set/views', payload: '2', headers: json })) as string
+  const both = { cookie: `sessionid=${stale}; sessionid=${live}` }
+  const read = await app.inject({ url: '/get/views', headers: both })
+  t.same(read.json(), { value: 2 }, 'the live session is read')
+  t.same(setCookies(read), [], 'and nothing is re-issued')
+  const write = await app.inject({ method: 'POST', url: '/set/views', payload: '3', headers: { ...json, ...both } })
+  t.same(setCookies(write), [], 'a write goes to it, no new session')
+  t.same((await app.inject({ url: '/get/views', headers: cookieHeader(live) })).json(), { value: 3 })
+
+  const recording = new RecordingProvider()
+  const sync = await build(t, { provider: recording })
+  const ended = sessionCookie(await sync.inject({ method: 'POST', url: '/set/views', payload: '1', headers: json })) as string
+  await sync.inject({ method: 'POST', url: '/logout', headers: cookieHeader(ended) })
+  const alive = sessionCookie(await sync.inject({ method: 'POST', url: '/set/views', payload: '4', headers: json })) as string
+  const gets = recording.count('get')
+  t.same((await sync.inject({ url: '/get/views', headers: { cookie: `sessionid=${ended}; sessionid=${alive}` } })).json(), { value: 4 }, 'a synchronous store too')
+  t.equal(recording.count('get') - gets, 2, 'one read per value tried')
+  const dead = Array.from({ length: MAX_SAME_NAME_COOKIES }, () => `sessionid=${ended}`).join('; ')
+  t.same((await sync.inject({ url: '/get/views', headers: { cookie: `${dead}; sessionid=${alive}` } })).json(), { value: null }, `no more than ${MAX_SAME_NAME_COOKIES} values are tried`)
+  t.equal(recording.count('get') - gets, 2 + MAX_SAME_NAME_COOKIES)
 })
 
 t.test('a percent-encoded cookie, as other cookie writers send it, is read', async (t) => {
