@@ -5,7 +5,7 @@ import type { SessionProviders } from './registry.js'
 
 /** Attributes of the session cookie. */
 export interface SessionCookieOptions {
-  /** @default '/' */
+  /** Starts with `/`. @default '/' */
   path?: string
   /** Absent: a host-only cookie. @default undefined */
   domain?: string
@@ -20,7 +20,8 @@ export interface SessionCookieOptions {
    */
   secure?: boolean | 'auto'
   /**
-   * Lifetime of the cookie in whole seconds (`Max-Age`). Absent: a
+   * Lifetime of the cookie in whole seconds (`Max-Age`), sent again whenever
+   * the idle deadline is written; longer than `touchAfter`. Absent: a
    * browser-session cookie, gone when the browser closes (the server-side
    * deadlines apply either way).
    * @default undefined
@@ -202,6 +203,8 @@ function resolveCookie (cookieName: string, cookie: SessionCookieOptions = {}): 
     maxAge: cookie.maxAge === undefined ? undefined : wholeSeconds('cookie.maxAge', cookie.maxAge),
     partitioned: oneOf('cookie.partitioned', cookie.partitioned, [true, false], false)
   }
+  // a browser ignores any other Path and uses the request's directory instead
+  if (!attributes.path.startsWith('/')) invalid('cookie.path', 'must start with "/"')
   if (attributes.sameSite === 'none' && attributes.secure === false) {
     invalid('cookie.sameSite', 'browsers reject SameSite=None without Secure')
   }
@@ -228,6 +231,10 @@ export function resolveOptions (options: SessionPluginBaseOptions): ResolvedOpti
   const absoluteLifetime = seconds('absoluteLifetime', options.absoluteLifetime, 86400)
   const touchAfter = seconds('touchAfter', options.touchAfter, maxLifetime / 10, true)
   if (ms(touchAfter) >= ms(maxLifetime)) invalid('touchAfter', 'must be shorter than maxLifetime, or a session that is only read expires before it is touched')
+  const cookie = resolveCookie(cookieName, options.cookie)
+  if (cookie.maxAge !== undefined && cookie.maxAge * 1000 <= ms(touchAfter)) {
+    invalid('cookie.maxAge', 'must be longer than touchAfter: the cookie goes out again only when the deadline is written, so a browser would drop it from a session in use')
+  }
   const storeTimeout = options.storeTimeout ?? 2000
   if (typeof storeTimeout !== 'number' || !(storeTimeout > 0) || storeTimeout > MAX_TIMER_MS) invalid('storeTimeout', `expected a positive number of milliseconds, at most ${MAX_TIMER_MS}`)
   const gcInterval = seconds('gcInterval', options.gcInterval, 60, true, MAX_TIMER_MS / 1000)
@@ -240,7 +247,7 @@ export function resolveOptions (options: SessionPluginBaseOptions): ResolvedOpti
   return Object.freeze({
     secrets,
     cookieName,
-    cookie: Object.freeze(resolveCookie(cookieName, options.cookie)),
+    cookie: Object.freeze(cookie),
     idleMs: ms(maxLifetime),
     absoluteMs: ms(absoluteLifetime),
     gcIntervalMs: ms(gcInterval),
