@@ -453,7 +453,6 @@ export class SessionManager {
   }
 }
 
-/** @internal Whether `err` is a store failure rather than a fault of the session itself. */
 /**
  * A write the store refused because the session had ended since it was
  * loaded: destroyed (a logout elsewhere), moved by another request's
@@ -464,6 +463,7 @@ function dropped (request: FastifyRequest): void {
   request.log.info('session ended before the save (destroyed, moved or expired meanwhile): the changes of this request were dropped')
 }
 
+/** @internal Whether `err` is a store failure rather than a fault of the session itself. */
 export function isStoreFailure (err: unknown): err is Error {
   return err instanceof FST_SESSION_STORE_UNAVAILABLE
 }

@@ -390,6 +390,13 @@ function pushChanges (args: string[], patch: SessionPatch): void {
   if (patch.delete !== null) for (const name of patch.delete) args.push(DATA + name)
 }
 
+/**
+ * How many rounds a sharded `destroyByUser` makes at most. Each round ends
+ * the sessions its read of the index found; one more is needed only when
+ * another request added a session of the user meanwhile.
+ */
+const MAX_LOGOUT_ROUNDS = 20
+
 /** For a clean-up whose failure leaves only a harmless stray, or follows another failure, the one to report. */
 function ignore (): void {}
 
@@ -477,16 +484,21 @@ export class RedisProvider implements SessionProvider {
     )
     for (const [name, json] of session.data) args.push(DATA + name, json)
     const [created, previous] = await this.write(this.commands.run(CREATE, this.sessionKey(key), args))
-    if (!this.sharded) return created
+    if (!this.sharded || !created) return created
+    // The key is unknown to anyone until this answers, so nobody else writes
+    // its entries meanwhile: the owner of an expired record it replaced can
+    // be unlisted, and should the new entry fail, the record goes rather than
+    // live on missing from its owner's index.
     try {
-      await this.follow(key, previous, created ? session.user : null, until, null)
+      await Promise.all([
+        previous !== null && previous !== session.user ? this.unindex(key, previous) : null,
+        session.user !== null ? this.index(session.user, key, until) : null
+      ])
     } catch (err) {
-      // the new key is unknown to anyone until this answers: its record goes
-      // rather than live on missing from its owner's index
-      if (created) await this.destroy(key).catch(ignore)
+      await this.destroy(key).catch(ignore)
       throw err
     }
-    return created
+    return true
   }
 
   /**
@@ -528,12 +540,22 @@ export class RedisProvider implements SessionProvider {
     const indexed = patch.user !== undefined ? patch.user : await this.ownerOf(key)
     if (indexed !== null) await this.index(indexed, key, until)
     const [updated, previous] = await this.write(this.commands.run(UPDATE, this.sessionKey(key), args))
-    const next = !updated ? null : patch.user === undefined ? previous : patch.user
-    // what is left to do only drops stray entries, or adds one that a
-    // concurrent owner change wrote already: a failure must not report the
-    // write, which has landed, as failed
-    await this.follow(key, previous, next, until, indexed).catch(ignore)
-    return updated
+    if (!updated) {
+      // the record is gone for good, so its entries can go: none can be
+      // another request's, written for the record coming back; one left
+      // behind is a harmless stray
+      await Promise.all([this.unindex(key, previous), indexed !== previous ? this.unindex(key, indexed) : null]).catch(ignore)
+      return false
+    }
+    // The record lives on: a former owner's entry stays, as a stray that
+    // reads skip and that leaves with its deadline. Removing it here could
+    // remove one that another request has just written for that owner again,
+    // before its own write made the record theirs once more.
+    const next = patch.user === undefined ? previous : patch.user
+    // only adds an entry that a concurrent owner change wrote already: a
+    // failure must not report the write, which has landed, as failed
+    if (next !== null && next !== indexed) await this.index(next, key, until).catch(ignore)
+    return true
   }
 
   /**
@@ -550,7 +572,7 @@ export class RedisProvider implements SessionProvider {
   async destroy (key: string, owner?: string): Promise<boolean> {
     const [live, previous] = await this.destroyRecord(key, owner ?? null)
     // a stray entry is harmless; a logout reported failed that happened is not
-    if (this.sharded) await this.follow(key, previous, null, '', null).catch(ignore)
+    if (this.sharded) await this.unindex(key, previous).catch(ignore)
     return live
   }
 
@@ -585,14 +607,17 @@ export class RedisProvider implements SessionProvider {
     // concurrent regenerate() is indexed under its new key before the old
     // record goes (see moveSharded), so a round that found the old record
     // gone is followed by one that finds the new entry. An entry whose record
-    // is someone else's, or nobody's, stays: it may be an update's that makes
-    // this user the owner, written before its record (see update).
+    // someone else owns, or nobody, stays: it may be an update's that makes
+    // this user the owner, written before its record (see update). Sessions
+    // of the user that keep appearing while it runs (logins, moves) keep it
+    // going, up to a bound.
     const seen = new Set<string>()
     if (exceptKey !== undefined) seen.add(exceptKey)
     let removed = 0
-    for (;;) {
+    for (let round = 0; ; round++) {
       const doomed = (await this.members(user, Date.now())).filter((member) => !seen.has(member))
       if (doomed.length === 0) return removed
+      if (round === MAX_LOGOUT_ROUNDS) throw new Error(`new sessions of the user kept appearing through ${round} rounds of deletes; ${removed} ended so far`)
       const outcomes = await Promise.all(doomed.map((member) => this.destroyRecord(member, user)))
       const gone: string[] = []
       for (let i = 0; i < doomed.length; i++) {
@@ -641,23 +666,16 @@ export class RedisProvider implements SessionProvider {
   }
 
   /**
-   * Sharded only: moves the index entry of `key` from its former owner to
-   * its owner now (`null`: none, or the record is gone), after the script;
-   * `indexed` is the owner whose entry was written before it. The index is
-   * in another slot, so this is not atomic with the script: for a moment
-   * (or for good, if the process dies in between) the index may list a
-   * session under its former owner, or miss it when another request changed
-   * the owner between the two. Reads of the index check the owner in the
-   * record itself, and every entry leaves with its deadline, so a stray
-   * entry is never served and does not stay.
+   * Sharded only: removes the index entry of `key` under `user`, if any.
+   * Only for a record gone for good, or under a key nobody else knows yet:
+   * while a record lives, another request may write that entry again just
+   * before making the record that user's once more. The index is in another
+   * slot than the record, so this is a step of its own, after the record's
+   * script; a failure or a crash leaves a stray entry, which reads skip (they
+   * check the owner in the record) and which leaves with its deadline.
    */
-  private async follow (key: string, previous: string | null, next: string | null, until: string, indexed: string | null): Promise<void> {
-    const moves: Array<Promise<unknown>> = []
-    if (previous !== null && previous !== next) moves.push(this.index(previous, key, ''))
-    if (next !== null && next !== indexed) moves.push(this.index(next, key, until))
-    // written for a write that did not apply, or for an owner that changed meanwhile
-    if (indexed !== null && indexed !== next && indexed !== previous) moves.push(this.index(indexed, key, ''))
-    await Promise.all(moves)
+  private async unindex (key: string, user: string | null): Promise<void> {
+    if (user !== null) await this.index(user, key, '')
   }
 
   /** Sharded only: the owner of the record under `key` now, `null` for none. */

@@ -92,6 +92,19 @@ class Raw {
     return scores
   }
 
+  /**
+   * The entries of a user's index whose record is that user's: a sharded
+   * provider leaves the entry of a former owner as a stray while the record
+   * lives, which reads skip.
+   */
+  async ownedIndex (user: string): Promise<Map<string, number>> {
+    const scores = await this.index(user)
+    for (const member of scores.keys()) {
+      if ((await this.hash(member)).get('u') !== user) scores.delete(member)
+    }
+    return scores
+  }
+
   /** Writes a record the way the provider would, but already past its `e`, as a lagging server clock leaves it. */
   async plantExpired (key: string, user: string | null): Promise<void> {
     const now = Date.now()
@@ -258,49 +271,51 @@ async function userScenario (t: Test, provider: RedisProvider, raw: Raw): Promis
   const bob = `bob ✓ {${randomBytes(4).toString('hex')}}`
 
   await t.test('the index follows create, touch, owner changes, destroy and replaces', async (t) => {
+    // unsharded the index is exact; sharded, a former owner's entry stays while the record lives
+    const index = (user: string): Promise<Map<string, number>> => provider.sharded ? raw.ownedIndex(user) : raw.index(user)
     const [k1, k2, k3, k4, k5] = [newKey(), newKey(), newKey(), newKey(), newKey()]
     const now = Date.now()
     await provider.create(k1, newSession([], { user: alice, expiresAt: now + HOUR }))
     await provider.create(k2, newSession([], { user: alice, expiresAt: now + 2 * HOUR }))
     await provider.create(k3, newSession([], { user: bob, expiresAt: now + HOUR }))
     await provider.create(k4, newSession())
-    t.strictSame(await raw.index(alice), new Map([[k1, now + HOUR], [k2, now + 2 * HOUR]]))
-    t.strictSame(await raw.index(bob), new Map([[k3, now + HOUR]]))
+    t.strictSame(await index(alice), new Map([[k1, now + HOUR], [k2, now + 2 * HOUR]]))
+    t.strictSame(await index(bob), new Map([[k3, now + HOUR]]))
     t.equal(await raw.expireTime(raw.indexKey(alice)), now + 2 * HOUR, 'the index expires with its last session')
 
     await provider.update(k1, patch({ expiresAt: now + 3 * HOUR }))
-    t.equal((await raw.index(alice)).get(k1), now + 3 * HOUR, 'a touch moves the score')
+    t.equal((await index(alice)).get(k1), now + 3 * HOUR, 'a touch moves the score')
     t.equal(await raw.expireTime(raw.indexKey(alice)), now + 3 * HOUR, 'and the index deadline')
 
     await provider.update(k2, patch({ user: bob, expiresAt: now + HOUR }))
-    t.notOk((await raw.index(alice)).has(k2), 'the former owner loses it')
-    t.equal((await raw.index(bob)).get(k2), now + HOUR, 'the new owner has it')
+    t.notOk((await index(alice)).has(k2), 'the former owner loses it')
+    t.equal((await index(bob)).get(k2), now + HOUR, 'the new owner has it')
     t.equal((await raw.hash(k2)).get('u'), bob)
 
     await provider.update(k2, patch({ user: null }))
-    t.notOk((await raw.index(bob)).has(k2), 'no owner: unindexed')
+    t.notOk((await index(bob)).has(k2), 'no owner: unindexed')
     t.notOk((await raw.hash(k2)).has('u'), 'and the owner field is gone')
 
     await provider.update(k2, patch({ user: null }))
     t.notOk((await raw.hash(k2)).has('u'), 'clearing no owner is harmless')
 
     await provider.update(k4, patch({ user: alice, expiresAt: now + HOUR }))
-    t.ok((await raw.index(alice)).has(k4), 'a first owner indexes it')
+    t.ok((await index(alice)).has(k4), 'a first owner indexes it')
 
     await provider.update(k4, patch({ user: alice, expiresAt: now + HOUR }))
-    t.equal((await raw.index(alice)).get(k4), now + HOUR, 'the same owner again keeps one entry')
+    t.equal((await index(alice)).get(k4), now + HOUR, 'the same owner again keeps one entry')
 
     t.equal(await provider.destroy(k1), true)
-    t.notOk((await raw.index(alice)).has(k1), 'destroy unindexes')
+    t.notOk((await index(alice)).has(k1), 'destroy unindexes')
 
     t.equal(await provider.create(k5, newSession([['moved', 'true']], { user: alice, expiresAt: now + HOUR }), k4), true, 'replaces')
     t.equal(await raw.exists(k4), false, 'the replaced record is gone')
-    t.strictSame(await raw.index(alice), new Map([[k5, now + HOUR]]), 'and so is its index entry')
+    t.strictSame(await index(alice), new Map([[k5, now + HOUR]]), 'and so is its index entry')
 
     const k7 = newKey()
     t.equal(await provider.create(k7, newSession([], { user: alice }), k4), false, 'replacing a gone record refuses')
     t.equal(await raw.exists(k7), false, 'and creates nothing')
-    t.strictSame(await raw.index(alice), new Map([[k5, now + HOUR]]), 'and indexes nothing')
+    t.strictSame(await index(alice), new Map([[k5, now + HOUR]]), 'and indexes nothing')
 
     const k6 = newKey()
     await provider.create(k6, newSession([], { user: bob }))
@@ -309,8 +324,13 @@ async function userScenario (t: Test, provider: RedisProvider, raw: Raw): Promis
 
     t.equal(await provider.destroyByUser(alice), 1)
     t.equal(await provider.destroyByUser(bob), 2, 'the record to replace stayed')
-    t.equal(await raw.admin.exists(raw.indexKey(alice)), 0, 'an emptied index is deleted')
-    t.equal(await raw.admin.exists(raw.indexKey(bob)), 0)
+    if (provider.sharded) {
+      t.strictSame(await index(alice), new Map(), 'nothing of theirs is left listed')
+      t.strictSame(await index(bob), new Map())
+    } else {
+      t.equal(await raw.admin.exists(raw.indexKey(alice)), 0, 'an emptied index is deleted')
+      t.equal(await raw.admin.exists(raw.indexKey(bob)), 0)
+    }
   })
 
   await t.test('listByUser answers live records with the requested info', async (t) => {
@@ -526,6 +546,50 @@ t.test('on the shared Redis', async (t) => {
       proxy.cutOn = null
       t.equal(await raw.exists(key), false, 'landed')
       t.strictSame(await provider.listByUser('max', []), [], 'the stray entry it left is never listed')
+    })
+
+    await t.test('a logout racing a login back to the same owner leaves the entry the login wrote', async (t) => {
+      const out = open(t, { sharded: true })
+      const back = open(t, { sharded: true, prefix: out.prefix })
+      const raw = new Raw(client(t), out.prefix)
+      const key = newKey()
+      await out.create(key, newSession([['userId', '"pat"']], { user: 'pat' }))
+      // should the logout drop pat's entry after its script, hold that until the login is done
+      const internals = out as unknown as { index: (user: string, key: string, until: string) => Promise<unknown> }
+      const index = internals.index.bind(out)
+      let reached!: () => void
+      const atRemoval = new Promise<void>((resolve) => { reached = resolve })
+      let release!: () => void
+      const held = new Promise<void>((resolve) => { release = resolve })
+      internals.index = async (user, member, until) => {
+        if (until === '') {
+          reached()
+          await held
+        }
+        return index(user, member, until)
+      }
+      const logout = out.update(key, patch({ delete: ['userId'], user: null, owned: true }))
+      await Promise.race([atRemoval, logout])
+      t.equal(await back.update(key, patch({ set: new Map([['userId', '"pat"']]), user: 'pat', owned: false })), true, 'the login')
+      release()
+      t.equal(await logout, true, 'the logout')
+      t.equal((await raw.hash(key)).get('u'), 'pat', 'the session is pat\'s again')
+      t.strictSame((await out.listByUser('pat', [])).map((record) => record.key), [key], 'and listed')
+      t.equal(await out.destroyByUser('pat'), 1, 'so log out everywhere reaches it')
+    })
+
+    await t.test('log out everywhere gives up, rejecting, while new sessions of the user keep appearing', async (t) => {
+      const provider = open(t, { sharded: true })
+      const internals = provider as unknown as { members: (user: string, now: number) => Promise<string[]> }
+      const members = internals.members.bind(provider)
+      let reads = 0
+      internals.members = async (user, now) => {
+        reads++
+        await provider.create(newKey(), newSession([], { user }))
+        return members(user, now)
+      }
+      await t.rejects(provider.destroyByUser('quinn'), /kept appearing through 20 rounds/)
+      t.equal(reads, 21, 'every round read the index again')
     })
 
     await t.test('a write that does not apply takes back the entry it wrote first', async (t) => {
