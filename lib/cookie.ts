@@ -138,15 +138,22 @@ export class VerifiedCookies {
 export const MAX_SAME_NAME_COOKIES = 8
 
 /**
- * Calls `accept` with each value of cookie `name` in a `Cookie` header, in
- * order, until it answers something other than `null` for the `skip + 1`th
- * time, trying at most `MAX_SAME_NAME_COOKIES` values. A header may carry
- * the same name several times (one per path and domain that set it).
+ * Where the last `findCookie` that found something stopped: just after the
+ * value it accepted, and how many values it had tried by then, so that a
+ * caller can go on from there without trying any value twice. Read it right
+ * after the call: the next call overwrites it.
  */
-export function findCookie<T> (header: string, name: string, accept: (value: string) => T | null, skip = 0): T | null {
-  let from = 0
-  let tries = 0
-  let accepted = 0
+export const lastFound = { end: 0, tries: 0 }
+
+/**
+ * Calls `accept` with each value of cookie `name` in a `Cookie` header, in
+ * order from offset `from`, until it answers something other than `null`,
+ * trying at most `MAX_SAME_NAME_COOKIES` values in all (`tried` of them
+ * before `from`). A header may carry the same name several times (one per
+ * path and domain that set it).
+ */
+export function findCookie<T> (header: string, name: string, accept: (value: string) => T | null, from = 0, tried = 0): T | null {
+  let tries = tried
   while (from < header.length && tries < MAX_SAME_NAME_COOKIES) {
     const at = header.indexOf(name, from)
     if (at === -1) return null
@@ -161,7 +168,11 @@ export function findCookie<T> (header: string, name: string, accept: (value: str
     if (value === null) continue
     tries++
     const result = accept(value)
-    if (result !== null && accepted++ === skip) return result
+    if (result !== null) {
+      lastFound.end = from
+      lastFound.tries = tries
+      return result
+    }
   }
   return null
 }

@@ -1,6 +1,6 @@
 import { createHash, createHmac } from 'node:crypto'
 import type { FastifyBaseLogger, FastifyReply, FastifyRequest } from 'fastify'
-import { CookieSigner, CookieWriter, findCookie, MAX_COOKIE_LENGTH, VerifiedCookies, type VerifiedCookie } from './cookie.js'
+import { CookieSigner, CookieWriter, findCookie, lastFound, MAX_COOKIE_LENGTH, VerifiedCookies, type VerifiedCookie } from './cookie.js'
 import { FST_SESSION_COOKIE_TOO_LARGE, FST_SESSION_INVALID_USER, FST_SESSION_STORE_UNAVAILABLE, FST_SESSION_UNSUPPORTED } from './errors.js'
 import { storeKey } from './id.js'
 import type { ResolvedOptions } from './options.js'
@@ -140,10 +140,11 @@ export class SessionManager {
    * the one its cookie names so that `destroy()` can still end it.
    */
   unloaded (request: FastifyRequest, err: Error): Session {
-    // a store is only ever asked about a verified cookie, so one is there
-    const cookie = this.#store === null ? null : findCookie(request.headers.cookie as string, this.options.cookieName, this.#cookies.verify)
+    // A store is only ever asked about a verified cookie, so one is there:
+    // the first, unless its session had ended and a later one's read failed.
+    const key = unreadKeys.get(err) ?? (this.#store === null ? null : findCookie(request.headers.cookie as string, this.options.cookieName, this.#cookies.verify)?.key)
     const session = new Session(this, null, null, null, Date.now(), false)
-    session.standIn(cookie?.key ?? null, err)
+    session.standIn(key ?? null, err)
     return session
   }
 
@@ -176,19 +177,22 @@ export class SessionManager {
     }
     const cookie = header === undefined ? null : findCookie(header, this.options.cookieName, this.#cookies.verify)
     if (cookie === null) return new Session(this, null, null, null, now, false)
-    return this.#fetch(header as string, cookie, 0, now)
+    return this.#fetch(header as string, cookie, lastFound.end, lastFound.tries, now)
   }
 
-  /** The session of the `skipped + 1`th verified cookie in `header`, or of a later one when that session has ended. */
-  #fetch (header: string, cookie: VerifiedCookie, skipped: number, now: number): Session | Promise<Session> {
+  /**
+   * The session of `cookie`, found in `header` before offset `end` after
+   * `tries` values, or of a later one when that session has ended.
+   */
+  #fetch (header: string, cookie: VerifiedCookie, end: number, tries: number, now: number): Session | Promise<Session> {
     let found: Settled<StoredSession | null>
     try {
       found = (this.#store as SessionProvider).get(cookie.key)
     } catch (err) {
       throw storeError(err)
     }
-    if (!isPromise(found)) return this.#loaded(found, header, cookie, skipped, now)
-    return this.#timed(found).then((record) => this.#loaded(record, header, cookie, skipped, now))
+    if (!isPromise(found)) return this.#loaded(found, header, cookie, end, tries, now)
+    return this.#timed(found).then((record) => this.#loaded(record, header, cookie, end, tries, now))
   }
 
   /**
@@ -247,9 +251,14 @@ export class SessionManager {
   }
 
   #open (header: string | undefined, now: number): Session {
+    if (header === undefined) return new Session(this, null, null, null, now, false)
     const sealer = this.#sealer as StatelessSessionProvider
-    const opened = header === undefined ? null : findCookie(header, this.options.cookieName, (value) => sealer.open(value))
-    if (opened === null || !this.#live(opened.session, now)) return new Session(this, null, null, null, now, false)
+    // one that opens but has ended by the lifetimes configured now gives way to a later one, as in load()
+    const opened = findCookie(header, this.options.cookieName, (value) => {
+      const sealed = sealer.open(value)
+      return sealed !== null && this.#live(sealed.session, now) ? sealed : null
+    })
+    if (opened === null) return new Session(this, null, null, null, now, false)
     return new Session(this, opened.session.id, null, opened.session, now, opened.renew)
   }
 
@@ -353,15 +362,23 @@ export class SessionManager {
     this.#setCookie(reply, request, session.id)
   }
 
-  #loaded (record: StoredSession | null, header: string, cookie: VerifiedCookie, skipped: number, now: number): Session | Promise<Session> {
+  #loaded (record: StoredSession | null, header: string, cookie: VerifiedCookie, end: number, tries: number, now: number): Session | Promise<Session> {
     if (record !== null && this.#live(record, now)) return new Session(this, cookie.id, cookie.key, record, now, cookie.renew)
     // A cookie of ours whose session ended may come before a live one: one
     // left on another path or domain by earlier cookie settings, which the
     // clearing cookie of a logout does not reach. Stopping at it would make
     // a fresh session of every request, so that no login could stick.
-    const next = findCookie(header, this.options.cookieName, this.#cookies.verify, skipped + 1)
+    let next = findCookie(header, this.options.cookieName, this.#cookies.verify, end, tries)
+    // a value repeated in the header has been read already
+    while (next !== null && next.key === cookie.key) next = findCookie(header, this.options.cookieName, this.#cookies.verify, lastFound.end, lastFound.tries)
     if (next === null) return new Session(this, null, null, null, now, false)
-    return this.#fetch(header, next, skipped + 1, now)
+    const key = next.key
+    try {
+      const loaded = this.#fetch(header, next, lastFound.end, lastFound.tries, now)
+      return loaded instanceof Session ? loaded : loaded.catch((err: Error) => { throw unreadAt(err, key) })
+    } catch (err) {
+      throw unreadAt(err as Error, key)
+    }
   }
 
   /** A write to a session destroyed meanwhile is dropped: no cookie refers to it. */
@@ -451,6 +468,18 @@ export class SessionManager {
       })
     })
   }
+}
+
+/**
+ * The key whose read failed, for a failure on a cookie after the first (see
+ * `unloaded`): the stand-in session must name that one.
+ */
+const unreadKeys = new WeakMap<Error, string>()
+
+/** Tags `err` with the key whose read failed, unless a later cookie's read tagged it first. */
+function unreadAt (err: Error, key: string): Error {
+  if (!unreadKeys.has(err)) unreadKeys.set(err, key)
+  return err
 }
 
 /**

@@ -3,7 +3,7 @@ import { createHmac } from 'node:crypto'
 import { setFlagsFromString } from 'node:v8'
 import { runInNewContext } from 'node:vm'
 import { sign, unsign } from '@fastify/cookie'
-import { CookieSigner, findCookie, MAX_SAME_NAME_COOKIES, VerifiedCookies } from '../lib/cookie.js'
+import { CookieSigner, findCookie, lastFound, MAX_SAME_NAME_COOKIES, VerifiedCookies } from '../lib/cookie.js'
 import { generateId, isWellFormedId, storeKey } from '../lib/id.js'
 import { SECRET, OLD_SECRET } from './fixtures/app.js'
 
@@ -58,9 +58,15 @@ t.test('findCookie finds values only at a cookie boundary and stops at the first
   t.equal(findCookie('sid=', 'sid', accept), null)
   t.equal(findCookie('sid="good"', 'sid', accept), 'good')
   t.equal(findCookie('sid=%67ood', 'sid', accept), 'good')
-  const any = (value: string): string => value
-  t.equal(findCookie('sid=a; sid=b; sid=c', 'sid', any, 1), 'b', 'skip passes over as many accepted values')
-  t.equal(findCookie('sid=a; sid=b; sid=c', 'sid', any, 3), null)
+  seen.length = 0
+  const header = 'sid=bad; sid=good; sid=bad2; sid=good; sid=bad3'
+  t.equal(findCookie(header, 'sid', accept), 'good')
+  const { end, tries } = lastFound
+  t.equal(tries, 2, 'where it stopped: after two values')
+  t.equal(findCookie(header, 'sid', accept, end, tries), 'good', 'going on from there finds the next one')
+  t.same(seen, ['bad', 'good', 'bad2', 'good'], 'trying no value twice')
+  t.equal(findCookie(header, 'sid', accept, lastFound.end, MAX_SAME_NAME_COOKIES - 1), null, 'and the values tried before count against the limit')
+  t.same(seen, ['bad', 'good', 'bad2', 'good', 'bad3'])
 })
 
 t.test('findCookie tries a bounded number of values of the name, so a stuffed header costs little', async (t) => {

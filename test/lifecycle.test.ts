@@ -121,12 +121,21 @@ t.test('a repeated session cookie whose session ended gives way to a later live 
   const ended = sessionCookie(await sync.inject({ method: 'POST', url: '/set/views', payload: '1', headers: json })) as string
   await sync.inject({ method: 'POST', url: '/logout', headers: cookieHeader(ended) })
   const alive = sessionCookie(await sync.inject({ method: 'POST', url: '/set/views', payload: '4', headers: json })) as string
-  const gets = recording.count('get')
-  t.same((await sync.inject({ url: '/get/views', headers: { cookie: `sessionid=${ended}; sessionid=${alive}` } })).json(), { value: 4 }, 'a synchronous store too')
-  t.equal(recording.count('get') - gets, 2, 'one read per value tried')
-  const dead = Array.from({ length: MAX_SAME_NAME_COOKIES }, () => `sessionid=${ended}`).join('; ')
-  t.same((await sync.inject({ url: '/get/views', headers: { cookie: `${dead}; sessionid=${alive}` } })).json(), { value: null }, `no more than ${MAX_SAME_NAME_COOKIES} values are tried`)
-  t.equal(recording.count('get') - gets, 2 + MAX_SAME_NAME_COOKIES)
+  const reads = async (cookies: string[]): Promise<{ value: unknown, reads: number }> => {
+    const before = recording.count('get')
+    const res = await sync.inject({ url: '/get/views', headers: { cookie: cookies.map((cookie) => `sessionid=${cookie}`).join('; ') } })
+    return { value: res.json().value, reads: recording.count('get') - before }
+  }
+  t.same(await reads([ended, alive]), { value: 4, reads: 2 }, 'a synchronous store too, one read per session')
+  const endedMany: string[] = []
+  for (let i = 0; i < MAX_SAME_NAME_COOKIES; i++) {
+    const cookie = sessionCookie(await sync.inject({ method: 'POST', url: '/set/views', payload: '1', headers: json })) as string
+    await sync.inject({ method: 'POST', url: '/logout', headers: cookieHeader(cookie) })
+    endedMany.push(cookie)
+  }
+  t.same(await reads([...endedMany.slice(1), alive]), { value: 4, reads: MAX_SAME_NAME_COOKIES }, `the ${MAX_SAME_NAME_COOKIES}th value is still tried`)
+  t.same(await reads([...endedMany, alive]), { value: null, reads: MAX_SAME_NAME_COOKIES }, `no more than ${MAX_SAME_NAME_COOKIES} values are tried`)
+  t.same(await reads([...Array(MAX_SAME_NAME_COOKIES - 1).fill(ended), alive]), { value: 4, reads: 2 }, 'a value repeated is read once')
 })
 
 t.test('a percent-encoded cookie, as other cookie writers send it, is read', async (t) => {

@@ -322,6 +322,21 @@ async function appOn (t: Test, options: Record<string, unknown>): Promise<Return
   return app
 }
 
+t.test('a cookie that opens but has ended by the lifetimes configured now gives way to a later live one', async function (t) {
+  const keys = [randomKey()]
+  const before = await appOn(t, { provider: 'cookie', providerOptions: { keys } })
+  const stale = sessionCookie(await before.inject({ method: 'POST', url: '/login' })) as { value: string }
+  await sleep(150)
+  const now = await appOn(t, { provider: 'cookie', providerOptions: { keys }, maxLifetime: 0.1, touchAfter: 0 })
+  now.get('/stuff', async function stuff (request: FastifyRequest) {
+    return { stuff: request.session.get('stuff') ?? null }
+  })
+  const live = sessionCookie(await now.inject({ method: 'POST', url: '/stuff', payload: { stuff: 'new' } })) as { value: string }
+  const both = { cookie: `sessionid=${stale.value}; sessionid=${live.value}` }
+  t.same((await now.inject({ url: '/stuff', headers: both })).json(), { stuff: 'new' }, 'the live one is opened')
+  t.same((await now.inject({ url: '/me', headers: both })).json(), { userId: null, cart: null }, 'not the stale one')
+})
+
 t.test('through the plugin', async function (t) {
   t.test('login seals the session into the cookie and a reload opens it', async function (t) {
     const keys = [randomKey()]
