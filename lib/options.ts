@@ -21,7 +21,7 @@ export interface SessionCookieOptions {
   secure?: boolean | 'auto'
   /**
    * Lifetime of the cookie in whole seconds (`Max-Age`), sent again whenever
-   * the idle deadline is written; longer than `touchAfter`. Absent: a
+   * the idle deadline is written; at least `maxLifetime`. Absent: a
    * browser-session cookie, gone when the browser closes (the server-side
    * deadlines apply either way).
    * @default undefined
@@ -232,8 +232,8 @@ export function resolveOptions (options: SessionPluginBaseOptions): ResolvedOpti
   const touchAfter = seconds('touchAfter', options.touchAfter, maxLifetime / 10, true)
   if (ms(touchAfter) >= ms(maxLifetime)) invalid('touchAfter', 'must be shorter than maxLifetime, or a session that is only read expires before it is touched')
   const cookie = resolveCookie(cookieName, options.cookie)
-  if (cookie.maxAge !== undefined && cookie.maxAge * 1000 <= ms(touchAfter)) {
-    invalid('cookie.maxAge', 'must be longer than touchAfter: the cookie goes out again only when the deadline is written, so a browser would drop it from a session in use')
+  if (cookie.maxAge !== undefined && cookie.maxAge * 1000 < ms(maxLifetime)) {
+    invalid('cookie.maxAge', 'must be at least maxLifetime: the cookie goes out again only when the deadline is written, at most once per touchAfter and no more once absoluteLifetime caps it, so a shorter one would be dropped from a session in use')
   }
   const storeTimeout = options.storeTimeout ?? 2000
   if (typeof storeTimeout !== 'number' || !(storeTimeout > 0) || storeTimeout > MAX_TIMER_MS) invalid('storeTimeout', `expected a positive number of milliseconds, at most ${MAX_TIMER_MS}`)

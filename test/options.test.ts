@@ -43,8 +43,8 @@ t.test('registration fails with a coded error for each invalid option', async (t
     ['a touchAfter longer than the default maxLifetime', { touchAfter: 7200 }],
     ['a cookie maxAge under a second', { cookie: { maxAge: 0.5 } }],
     ['a fractional cookie maxAge', { cookie: { maxAge: 90.5 } }],
-    ['a cookie maxAge no longer than touchAfter, which would drop the cookie from a session in use', { touchAfter: 60, cookie: { maxAge: 60 } }],
-    ['a cookie maxAge under the default touchAfter (a tenth of maxLifetime)', { maxLifetime: 3600, cookie: { maxAge: 300 } }],
+    ['a cookie maxAge under maxLifetime, which would drop the cookie from a session in use', { maxLifetime: 60, cookie: { maxAge: 59 } }],
+    ['a cookie maxAge under the default maxLifetime', { cookie: { maxAge: 3599 } }],
     ['a path that does not start with /, which browsers replace', { cookie: { path: 'app' } }],
     ['an unknown onStoreError', { onStoreError: 'ignore' }],
     ['a fractional maxSessionSize', { maxSessionSize: 1.5 }],
@@ -72,8 +72,8 @@ t.test('valid edge options register', async (t) => {
   t.equal(await registrationError({ secret: SECRET, cookieName: '__Host-sid', cookie: { secure: true } }), null)
   t.equal(await registrationError({ secret: SECRET, cookieName: '__Secure-sid', cookie: { secure: true, sameSite: 'none' } }), null)
   t.equal(await registrationError({ secret: [SECRET], touchAfter: 0, gcInterval: 0, maxLifetime: 0.5, absoluteLifetime: 0.25 }), null)
-  t.equal(await registrationError({ secret: SECRET, storeTimeout: 2 ** 31 - 1, gcInterval: 2147483, touchAfter: 0, cookie: { maxAge: 1 } }), null)
-  t.equal(await registrationError({ secret: SECRET, touchAfter: 60, cookie: { maxAge: 61, path: '/app' } }), null)
+  t.equal(await registrationError({ secret: SECRET, storeTimeout: 2 ** 31 - 1, gcInterval: 2147483, maxLifetime: 1, cookie: { maxAge: 1 } }), null)
+  t.equal(await registrationError({ secret: SECRET, maxLifetime: 60.5, touchAfter: 60, cookie: { maxAge: 61, path: '/app' } }), null)
   t.equal(await registrationError({ secret: SECRET, maxLifetime: 60, touchAfter: 59.9 }), null)
   t.equal(await registrationError({ secret: SECRET, maxLifetime: 1e10 }), null, 'a lifetime meant as no limit')
 })

@@ -259,7 +259,7 @@ t.test('property: over any sequence of requests, each response carrying a sessio
   const apps: Record<string, FastifyInstance> = {
     old: await build(t, { provider, secret: OLD_SECRET }),
     current: await build(t, { provider, secret: [SECRET, OLD_SECRET] }),
-    persistent: await build(t, { provider, secret: [SECRET, OLD_SECRET], cookie: { maxAge: 600 }, touchAfter: 0 })
+    persistent: await build(t, { provider, secret: [SECRET, OLD_SECRET], cookie: { maxAge: 3600 }, touchAfter: 0 })
   }
   for (const app of Object.values(apps)) {
     app.post('/cached', async (request, reply) => {
