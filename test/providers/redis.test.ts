@@ -592,6 +592,35 @@ t.test('on the shared Redis', async (t) => {
       t.equal(reads, 21, 'every round read the index again')
     })
 
+    await t.test('an owner change between the read of the owner and the script: the owner at the script gets the deadline', async (t) => {
+      const touching = open(t, { sharded: true })
+      const changing = open(t, { sharded: true, prefix: touching.prefix })
+      const raw = new Raw(client(t), touching.prefix)
+      const key = newKey()
+      await touching.create(key, newSession([], { user: 'sam' }))
+      const internals = touching as unknown as { ownerOf: (key: string) => Promise<string | null> }
+      const ownerOf = internals.ownerOf.bind(touching)
+      internals.ownerOf = async (member) => {
+        const owner = await ownerOf(member)
+        await changing.update(member, patch({ user: 'tess' }))
+        return owner
+      }
+      const later = Date.now() + 2 * HOUR
+      t.equal(await touching.update(key, patch({ set: new Map([['n', '2']]), expiresAt: later, owned: true })), true)
+      t.equal((await raw.index('tess')).get(key), later, 'tess, who owns it now, has it to its new deadline')
+      t.strictSame(await touching.listByUser('sam', []), [], 'sam\'s stray entry is not listed')
+    })
+
+    await t.test('a create over an expired record unlists that record\'s owner', async (t) => {
+      const provider = open(t, { sharded: true })
+      const raw = new Raw(client(t), provider.prefix)
+      const key = newKey()
+      await raw.plantExpired(key, 'uma')
+      t.equal(await provider.create(key, newSession([['n', '1']])), true, 'the lean create hands over to the general one')
+      t.equal(await raw.admin.exists(raw.indexKey('uma')), 0, 'uma\'s entry is gone')
+      t.same((await provider.get(key))?.data, new Map([['n', '1']]))
+    })
+
     await t.test('a write that does not apply takes back the entry it wrote first', async (t) => {
       const provider = open(t, { sharded: true })
       const raw = new Raw(client(t), provider.prefix)
