@@ -193,8 +193,10 @@ return 1
 
 /*
  * ARGV 4 key, 5 lastSeenAt, 6 expiresAt, 7 deadline, 8 owner change
- * ('=' keep, 's' set, '-' clear), 9 user, 10 how many ARGV hold fields to set,
- * then field, value pairs, then fields to delete.
+ * ('=' keep, 's' set, '-' clear; sharded, 'k' keep if the owner is ARGV 9 and
+ * 'n' keep if there is none, else answer 2 and the owner), 9 user, 10 how
+ * many ARGV hold fields to set, then field, value pairs, then fields to
+ * delete.
  */
 const UPDATE = new RedisScript(PRELUDE + `
 local key = KEYS[1]
@@ -205,6 +207,7 @@ if tonumber(current[1]) <= now then
   unindex(current[2], ARGV[4])
   return {0, current[2]}
 end
+if (ARGV[8] == 'k' and current[2] ~= ARGV[9]) or (ARGV[8] == 'n' and current[2]) then return {2, current[2]} end
 local setEnd = 10 + tonumber(ARGV[10])
 each('HSET', key, 11, setEnd)
 each('HDEL', key, setEnd + 1, #ARGV)
@@ -397,6 +400,9 @@ function pushChanges (args: string[], patch: SessionPatch): void {
  */
 const MAX_LOGOUT_ROUNDS = 20
 
+/** How many times a sharded update tries again after the owner changed under it. */
+const MAX_OWNER_ATTEMPTS = 5
+
 /** For a clean-up whose failure leaves only a harmless stray, or follows another failure, the one to report. */
 function ignore (): void {}
 
@@ -533,29 +539,45 @@ export class RedisProvider implements SessionProvider {
     args.push(String(patch.lastSeenAt), String(patch.expiresAt), until, owner, patch.user ?? '')
     pushChanges(args, patch)
     if (!this.sharded) return (await this.write(this.commands.run(UPDATE, this.sessionKey(key), args)))[0]
-    // The owner's index entry goes first, with the new deadline: a failure
-    // after it leaves a stray entry, which reads skip, where one after the
-    // record's write would leave a live session its owner's index misses, or
-    // drops at the old deadline.
-    const indexed = patch.user !== undefined ? patch.user : await this.ownerOf(key)
-    if (indexed !== null) await this.index(indexed, key, until)
-    const [updated, previous] = await this.write(this.commands.run(UPDATE, this.sessionKey(key), args))
-    if (!updated) {
-      // the record is gone for good, so its entries can go: none can be
-      // another request's, written for the record coming back; one left
-      // behind is a harmless stray
-      await Promise.all([this.unindex(key, previous), indexed !== previous ? this.unindex(key, indexed) : null]).catch(ignore)
-      return false
+    return this.updateSharded(key, patch, until, args)
+  }
+
+  /**
+   * The owner's index entry goes first, with the new deadline: a failure
+   * after it leaves a stray entry, which reads skip, where one after the
+   * record's write would leave a live session its owner's index misses, or
+   * drops at the old deadline. When the patch keeps the owner, the script
+   * applies only while the owner is still the one whose entry was written;
+   * should another request have changed it meanwhile, that owner's entry is
+   * written in turn and the script tried again.
+   *
+   * Once the record's write has landed, no entry is removed: a former
+   * owner's stays, as a stray that reads skip and that leaves with its
+   * deadline. Removing it could remove one that another request has just
+   * written for that owner again, before its own write made the record
+   * theirs once more.
+   */
+  private async updateSharded (key: string, patch: SessionPatch, until: string, args: string[]): Promise<boolean> {
+    let indexed = patch.user !== undefined ? patch.user : await this.ownerOf(key)
+    for (let attempt = 1; ; attempt++) {
+      if (indexed !== null) await this.index(indexed, key, until)
+      if (patch.user === undefined) {
+        args[7] = indexed === null ? 'n' : 'k'
+        args[8] = indexed ?? ''
+      }
+      const [done, previous] = await this.commands.run(UPDATE, this.sessionKey(key), args) as [number | string, string | null]
+      const outcome = Number(done)
+      if (outcome === 1) return true
+      if (outcome === 0) {
+        // the record is gone for good, so its entries can go: none can be
+        // another request's, written for the record coming back; one left
+        // behind is a harmless stray
+        await Promise.all([this.unindex(key, previous), indexed !== previous ? this.unindex(key, indexed) : null]).catch(ignore)
+        return false
+      }
+      if (attempt === MAX_OWNER_ATTEMPTS) throw new Error(`the owner of the session kept changing through ${attempt} attempts to write it`)
+      indexed = previous
     }
-    // The record lives on: a former owner's entry stays, as a stray that
-    // reads skip and that leaves with its deadline. Removing it here could
-    // remove one that another request has just written for that owner again,
-    // before its own write made the record theirs once more.
-    const next = patch.user === undefined ? previous : patch.user
-    // only adds an entry that a concurrent owner change wrote already: a
-    // failure must not report the write, which has landed, as failed
-    if (next !== null && next !== indexed) await this.index(next, key, until).catch(ignore)
-    return true
   }
 
   /**

@@ -592,23 +592,45 @@ t.test('on the shared Redis', async (t) => {
       t.equal(reads, 21, 'every round read the index again')
     })
 
-    await t.test('an owner change between the read of the owner and the script: the owner at the script gets the deadline', async (t) => {
+    for (const first of ['sam', null]) {
+      await t.test(`an owner change between the read of the owner (${first ?? 'none'}) and the script: the owner at the script gets the deadline`, async (t) => {
+        const touching = open(t, { sharded: true })
+        const changing = open(t, { sharded: true, prefix: touching.prefix })
+        const raw = new Raw(client(t), touching.prefix)
+        const key = newKey()
+        await touching.create(key, newSession([['n', '1']], { user: first }))
+        const internals = touching as unknown as { ownerOf: (key: string) => Promise<string | null> }
+        const ownerOf = internals.ownerOf.bind(touching)
+        internals.ownerOf = async (member) => {
+          const owner = await ownerOf(member)
+          await changing.update(member, patch({ user: 'tess' }))
+          return owner
+        }
+        const later = Date.now() + 2 * HOUR
+        t.equal(await touching.update(key, patch({ set: new Map([['n', '2']]), expiresAt: later, owned: true })), true)
+        t.equal((await raw.index('tess')).get(key), later, 'tess, who owns it now, has it to its new deadline')
+        t.equal((await raw.hash(key)).get('dn'), '2', 'and the write landed')
+        t.strictSame(await touching.listByUser('sam', []), [], 'a former owner\'s stray entry is not listed')
+      })
+    }
+
+    await t.test('an update gives up, rejecting, while the owner keeps changing under it', async (t) => {
       const touching = open(t, { sharded: true })
       const changing = open(t, { sharded: true, prefix: touching.prefix })
       const raw = new Raw(client(t), touching.prefix)
       const key = newKey()
-      await touching.create(key, newSession([], { user: 'sam' }))
-      const internals = touching as unknown as { ownerOf: (key: string) => Promise<string | null> }
-      const ownerOf = internals.ownerOf.bind(touching)
-      internals.ownerOf = async (member) => {
-        const owner = await ownerOf(member)
-        await changing.update(member, patch({ user: 'tess' }))
-        return owner
+      await touching.create(key, newSession([['n', '1']], { user: 'vic' }))
+      const internals = touching as unknown as { index: (user: string, key: string, until: string) => Promise<unknown> }
+      const index = internals.index.bind(touching)
+      let writes = 0
+      internals.index = async (user, member, until) => {
+        writes++
+        await index(user, member, until)
+        await changing.update(member, patch({ user: user === 'vic' ? 'wes' : 'vic' }))
       }
-      const later = Date.now() + 2 * HOUR
-      t.equal(await touching.update(key, patch({ set: new Map([['n', '2']]), expiresAt: later, owned: true })), true)
-      t.equal((await raw.index('tess')).get(key), later, 'tess, who owns it now, has it to its new deadline')
-      t.strictSame(await touching.listByUser('sam', []), [], 'sam\'s stray entry is not listed')
+      await t.rejects(touching.update(key, patch({ set: new Map([['n', '2']]), owned: true })), /kept changing through 5 attempts/)
+      t.equal(writes, 5, 'each attempt wrote the entry of the owner it had found')
+      t.equal((await raw.hash(key)).get('dn'), '1', 'and the script never applied')
     })
 
     await t.test('a create over an expired record unlists that record\'s owner', async (t) => {
