@@ -140,11 +140,19 @@ export class SessionManager {
    * the one its cookie names so that `destroy()` can still end it.
    */
   unloaded (request: FastifyRequest, err: Error): Session {
-    // A store is only ever asked about a verified cookie, so one is there:
-    // the first, unless its session had ended and a later one's read failed.
-    const key = unreadKeys.get(err) ?? (this.#store === null ? null : findCookie(request.headers.cookie as string, this.options.cookieName, this.#cookies.verify)?.key)
+    // Whichever read failed, a load that went through might have settled on
+    // any of the request's verified cookies (see #loaded): a logout ends all.
+    const keys: string[] = []
+    const header = request.headers.cookie
+    if (this.#store !== null && header !== undefined) {
+      let cookie = findCookie(header, this.options.cookieName, this.#cookies.verify)
+      while (cookie !== null) {
+        if (!keys.includes(cookie.key)) keys.push(cookie.key)
+        cookie = findCookie(header, this.options.cookieName, this.#cookies.verify, lastFound.end, lastFound.tries)
+      }
+    }
     const session = new Session(this, null, null, null, Date.now(), false)
-    session.standIn(key ?? null, err)
+    session.standIn(keys, err)
     return session
   }
 
@@ -177,22 +185,23 @@ export class SessionManager {
     }
     const cookie = header === undefined ? null : findCookie(header, this.options.cookieName, this.#cookies.verify)
     if (cookie === null) return new Session(this, null, null, null, now, false)
-    return this.#fetch(header as string, cookie, lastFound.end, lastFound.tries, now)
+    return this.#fetch(header as string, cookie, lastFound.end, lastFound.tries, now, null)
   }
 
   /**
    * The session of `cookie`, found in `header` before offset `end` after
-   * `tries` values, or of a later one when that session has ended.
+   * `tries` values, or of a later one when that session has ended. `read`
+   * holds the keys read before, once there were any.
    */
-  #fetch (header: string, cookie: VerifiedCookie, end: number, tries: number, now: number): Session | Promise<Session> {
+  #fetch (header: string, cookie: VerifiedCookie, end: number, tries: number, now: number, read: string[] | null): Session | Promise<Session> {
     let found: Settled<StoredSession | null>
     try {
       found = (this.#store as SessionProvider).get(cookie.key)
     } catch (err) {
       throw storeError(err)
     }
-    if (!isPromise(found)) return this.#loaded(found, header, cookie, end, tries, now)
-    return this.#timed(found).then((record) => this.#loaded(record, header, cookie, end, tries, now))
+    if (!isPromise(found)) return this.#loaded(found, header, cookie, end, tries, now, read)
+    return this.#timed(found).then((record) => this.#loaded(record, header, cookie, end, tries, now, read))
   }
 
   /**
@@ -362,23 +371,19 @@ export class SessionManager {
     this.#setCookie(reply, request, session.id)
   }
 
-  #loaded (record: StoredSession | null, header: string, cookie: VerifiedCookie, end: number, tries: number, now: number): Session | Promise<Session> {
+  #loaded (record: StoredSession | null, header: string, cookie: VerifiedCookie, end: number, tries: number, now: number, readBefore: string[] | null): Session | Promise<Session> {
     if (record !== null && this.#live(record, now)) return new Session(this, cookie.id, cookie.key, record, now, cookie.renew)
     // A cookie of ours whose session ended may come before a live one: one
     // left on another path or domain by earlier cookie settings, which the
     // clearing cookie of a logout does not reach. Stopping at it would make
     // a fresh session of every request, so that no login could stick.
+    const read = readBefore ?? [cookie.key]
     let next = findCookie(header, this.options.cookieName, this.#cookies.verify, end, tries)
-    // a value repeated in the header has been read already
-    while (next !== null && next.key === cookie.key) next = findCookie(header, this.options.cookieName, this.#cookies.verify, lastFound.end, lastFound.tries)
+    // a value repeated in the header is read once
+    while (next !== null && read.includes(next.key)) next = findCookie(header, this.options.cookieName, this.#cookies.verify, lastFound.end, lastFound.tries)
     if (next === null) return new Session(this, null, null, null, now, false)
-    const key = next.key
-    try {
-      const loaded = this.#fetch(header, next, lastFound.end, lastFound.tries, now)
-      return loaded instanceof Session ? loaded : loaded.catch((err: Error) => { throw unreadAt(err, key) })
-    } catch (err) {
-      throw unreadAt(err as Error, key)
-    }
+    read.push(next.key)
+    return this.#fetch(header, next, lastFound.end, lastFound.tries, now, read)
   }
 
   /** A write to a session destroyed meanwhile is dropped: no cookie refers to it. */
@@ -468,18 +473,6 @@ export class SessionManager {
       })
     })
   }
-}
-
-/**
- * The key whose read failed, for a failure on a cookie after the first (see
- * `unloaded`): the stand-in session must name that one.
- */
-const unreadKeys = new WeakMap<Error, string>()
-
-/** Tags `err` with the key whose read failed, unless a later cookie's read tagged it first. */
-function unreadAt (err: Error, key: string): Error {
-  if (!unreadKeys.has(err)) unreadKeys.set(err, key)
-  return err
 }
 
 /**

@@ -21,7 +21,9 @@ export interface SessionCookieOptions {
   secure?: boolean | 'auto'
   /**
    * Lifetime of the cookie in whole seconds (`Max-Age`), sent again whenever
-   * the idle deadline is written; at least `maxLifetime`. Absent: a
+   * the idle deadline is written; at least `maxLifetime` (or
+   * `absoluteLifetime`, when shorter). Browsers keep a cookie 400 days at
+   * most. Absent: a
    * browser-session cookie, gone when the browser closes (the server-side
    * deadlines apply either way).
    * @default undefined
@@ -232,8 +234,9 @@ export function resolveOptions (options: SessionPluginBaseOptions): ResolvedOpti
   const touchAfter = seconds('touchAfter', options.touchAfter, maxLifetime / 10, true)
   if (ms(touchAfter) >= ms(maxLifetime)) invalid('touchAfter', 'must be shorter than maxLifetime, or a session that is only read expires before it is touched')
   const cookie = resolveCookie(cookieName, options.cookie)
-  if (cookie.maxAge !== undefined && cookie.maxAge * 1000 < ms(maxLifetime)) {
-    invalid('cookie.maxAge', 'must be at least maxLifetime: the cookie goes out again only when the deadline is written, at most once per touchAfter and no more once absoluteLifetime caps it, so a shorter one would be dropped from a session in use')
+  // a session lives at most the shorter of the two
+  if (cookie.maxAge !== undefined && cookie.maxAge * 1000 < Math.min(ms(maxLifetime), ms(absoluteLifetime))) {
+    invalid('cookie.maxAge', 'must be at least maxLifetime (or absoluteLifetime, when shorter): the cookie goes out again only when the deadline is written, at most once per touchAfter and no more once absoluteLifetime caps it, so a shorter one would be dropped from a session in use')
   }
   const storeTimeout = options.storeTimeout ?? 2000
   if (typeof storeTimeout !== 'number' || !(storeTimeout > 0) || storeTimeout > MAX_TIMER_MS) invalid('storeTimeout', `expected a positive number of milliseconds, at most ${MAX_TIMER_MS}`)

@@ -50,8 +50,10 @@ export class Session {
   #sizeDeferred = false
   /** Keys changed on this request: their new JSON text, or `null` once deleted. */
   #pending: Map<string, string | null> | null = null
-  /** The key of the record `regenerate()` moves away from, or the one a failed load was for. */
+  /** The key of the record `regenerate()` moves away from, or the first one a failed load was for. */
   #previousKey: string | null = null
+  /** The keys of the cookies a failed load was for (see `standIn`). */
+  #standIns: string[] | null = null
   /** Why the store could not load the session this one stands in for (`onStoreError: 'continue'`). */
   #loadError: Error | null = null
   /** The owner when `destroy()` ended the session, for `destroyOtherSessions()` after it. */
@@ -202,10 +204,14 @@ export class Session {
     // a move under way decides which record there is to delete
     if (this.moving !== null) await this.moving
     if (this.#flags & DESTROYED) return
-    const key = this.#storedKey()
     // The session is only marked ended once the store has ended it: a failed
     // logout must not clear the cookie of a session that is still alive.
-    if (key !== null) await this.#manager.destroyKey(key)
+    if (this.#standIns !== null) {
+      await Promise.all(this.#standIns.map((key) => this.#manager.destroyKey(key)))
+    } else {
+      const key = this.#storedKey()
+      if (key !== null) await this.#manager.destroyKey(key)
+    }
     this.ended()
   }
 
@@ -219,12 +225,13 @@ export class Session {
   }
 
   /**
-   * @internal Makes this empty session the stand-in for the one under `key`
-   * that the store failed to load: it is never saved, but `destroy()` still
-   * ends the stored session (or rejects while the store is down).
+   * @internal Makes this empty session the stand-in for the one the store
+   * failed to load, under one of `keys`: it is never saved, but `destroy()`
+   * still ends every one of them (or rejects while the store is down).
    */
-  standIn (key: string | null, err: Error): void {
-    this.#previousKey = key
+  standIn (keys: string[], err: Error): void {
+    this.#previousKey = keys.length === 0 ? null : keys[0]
+    this.#standIns = keys
     this.#loadError = err
   }
 

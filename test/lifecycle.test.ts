@@ -136,6 +136,7 @@ t.test('a repeated session cookie whose session ended gives way to a later live 
   t.same(await reads([...endedMany.slice(1), alive]), { value: 4, reads: MAX_SAME_NAME_COOKIES }, `the ${MAX_SAME_NAME_COOKIES}th value is still tried`)
   t.same(await reads([...endedMany, alive]), { value: null, reads: MAX_SAME_NAME_COOKIES }, `no more than ${MAX_SAME_NAME_COOKIES} values are tried`)
   t.same(await reads([...Array(MAX_SAME_NAME_COOKIES - 1).fill(ended), alive]), { value: 4, reads: 2 }, 'a value repeated is read once')
+  t.same(await reads([endedMany[0], endedMany[1], endedMany[0], endedMany[1], alive]), { value: 4, reads: 3 }, 'even when not in a row')
 })
 
 t.test('a percent-encoded cookie, as other cookie writers send it, is read', async (t) => {

@@ -74,6 +74,7 @@ t.test('valid edge options register', async (t) => {
   t.equal(await registrationError({ secret: [SECRET], touchAfter: 0, gcInterval: 0, maxLifetime: 0.5, absoluteLifetime: 0.25 }), null)
   t.equal(await registrationError({ secret: SECRET, storeTimeout: 2 ** 31 - 1, gcInterval: 2147483, maxLifetime: 1, cookie: { maxAge: 1 } }), null)
   t.equal(await registrationError({ secret: SECRET, maxLifetime: 60.5, touchAfter: 60, cookie: { maxAge: 61, path: '/app' } }), null)
+  t.equal(await registrationError({ secret: SECRET, maxLifetime: 7200, absoluteLifetime: 600, cookie: { maxAge: 600 } }), null, 'a cookie as long as the absolute lifetime, when that is the shorter')
   t.equal(await registrationError({ secret: SECRET, maxLifetime: 60, touchAfter: 59.9 }), null)
   t.equal(await registrationError({ secret: SECRET, maxLifetime: 1e10 }), null, 'a lifetime meant as no limit')
 })

@@ -185,23 +185,28 @@ t.test('a provider refusing what it cannot store answers 500 with its coded erro
   t.same(warnings(logs), [], 'not logged as the store being unavailable')
 })
 
-t.test("under 'continue', a failed read of a later cookie (the first one's session ended) stands in for that later session", async (t) => {
-  for (const provider of [new RecordingProvider(), new FailingProvider()]) {
-    const app = await build(t, { provider, onStoreError: 'continue' })
-    const ended = sessionCookie(await app.inject({ method: 'POST', url: '/set/a', payload: '1', headers: json })) as string
-    await app.inject({ method: 'POST', url: '/logout', headers: cookieHeader(ended) })
-    const live = sessionCookie(await app.inject({ method: 'POST', url: '/set/a', payload: '2', headers: json })) as string
-    const get = provider.get.bind(provider)
-    const liveKey = storeKey(live.slice(0, live.indexOf('.')))
-    provider.get = ((key: string) => {
-      if (key !== liveKey) return get(key)
-      if (provider instanceof FailingProvider) return Promise.reject(new Error('a hiccup'))
-      throw new Error('a hiccup')
-    }) as typeof provider.get
-    const logout = await app.inject({ method: 'POST', url: '/logout', headers: { cookie: `sessionid=${ended}; sessionid=${live}` } })
-    provider.get = get
-    t.equal(logout.statusCode, 200)
-    t.same((await app.inject({ url: '/get/a', headers: cookieHeader(live) })).json(), { value: null }, 'the logout ended the session whose read failed')
+t.test("under 'continue', a logout after a failed read ends every session the request's cookies name", async (t) => {
+  // the first cookie's session has ended, the second's lives: whichever read
+  // fails, the session a load would have settled on must end
+  for (const failing of ['ended', 'live'] as const) {
+    for (const provider of [new RecordingProvider(), new FailingProvider()]) {
+      const app = await build(t, { provider, onStoreError: 'continue' })
+      const ended = sessionCookie(await app.inject({ method: 'POST', url: '/set/a', payload: '1', headers: json })) as string
+      await app.inject({ method: 'POST', url: '/logout', headers: cookieHeader(ended) })
+      const live = sessionCookie(await app.inject({ method: 'POST', url: '/set/a', payload: '2', headers: json })) as string
+      const get = provider.get.bind(provider)
+      const cookie = failing === 'live' ? live : ended
+      const failingKey = storeKey(cookie.slice(0, cookie.indexOf('.')))
+      provider.get = ((key: string) => {
+        if (key !== failingKey) return get(key)
+        if (provider instanceof FailingProvider) return Promise.reject(new Error('a hiccup'))
+        throw new Error('a hiccup')
+      }) as typeof provider.get
+      const logout = await app.inject({ method: 'POST', url: '/logout', headers: { cookie: `sessionid=${ended}; sessionid=${live}` } })
+      provider.get = get
+      t.equal(logout.statusCode, 200)
+      t.same((await app.inject({ url: '/get/a', headers: cookieHeader(live) })).json(), { value: null }, `the logout ended the live session (the ${failing} one's read failed)`)
+    }
   }
 })
 
