@@ -23,9 +23,8 @@ export interface SessionCookieOptions {
    * Lifetime of the cookie in whole seconds (`Max-Age`), sent again whenever
    * the idle deadline is written; at least `maxLifetime` (or
    * `absoluteLifetime`, when shorter). Browsers keep a cookie 400 days at
-   * most. Absent: a
-   * browser-session cookie, gone when the browser closes (the server-side
-   * deadlines apply either way).
+   * most. Absent: a browser-session cookie, gone when the browser closes
+   * (the server-side deadlines apply either way).
    * @default undefined
    */
   maxAge?: number
