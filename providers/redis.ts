@@ -559,7 +559,7 @@ export class RedisProvider implements SessionProvider {
    */
   private async updateSharded (key: string, patch: SessionPatch, until: string, args: string[]): Promise<boolean> {
     let indexed = patch.user !== undefined ? patch.user : await this.ownerOf(key)
-    for (let attempt = 1; ; attempt++) {
+    for (let attempt = 0; attempt < MAX_OWNER_ATTEMPTS; attempt++) {
       if (indexed !== null) await this.index(indexed, key, until)
       if (patch.user === undefined) {
         args[7] = indexed === null ? 'n' : 'k'
@@ -575,9 +575,9 @@ export class RedisProvider implements SessionProvider {
         await Promise.all([this.unindex(key, previous), indexed !== previous ? this.unindex(key, indexed) : null]).catch(ignore)
         return false
       }
-      if (attempt === MAX_OWNER_ATTEMPTS) throw new Error(`the owner of the session kept changing through ${attempt} attempts to write it`)
       indexed = previous
     }
+    throw new Error(`the owner of the session kept changing through ${MAX_OWNER_ATTEMPTS} attempts to write it`)
   }
 
   /**
