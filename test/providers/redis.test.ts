@@ -47,6 +47,12 @@ function open (t: Test, options: RedisProviderOptions = {}): RedisProvider {
   return provider
 }
 
+/** Two sharded providers on one prefix, as two app instances on one Cluster, and a raw view of it. */
+function twoSharded (t: Test): [RedisProvider, RedisProvider, Raw] {
+  const one = open(t, { sharded: true })
+  return [one, open(t, { sharded: true, prefix: one.prefix }), new Raw(client(t), one.prefix)]
+}
+
 /** A plain client of our own, to look at what Redis really holds. */
 function client (t: Test, url = REDIS_URL, options: RedisOptions = {}): Redis {
   const redis = new Redis(url, { maxRetriesPerRequest: 0, ...options })
@@ -481,8 +487,7 @@ t.test('on the shared Redis', async (t) => {
 
   t.test('sharded, steps across slots ordered so that a failure or a race leaves no session unlisted', async (t) => {
     await t.test('log out everywhere ends a session that a regenerate moves while it runs', async (t) => {
-      const ending = open(t, { sharded: true })
-      const moving = open(t, { sharded: true, prefix: ending.prefix })
+      const [ending, moving] = twoSharded(t)
       const [old, moved] = [newKey(), newKey()]
       await moving.create(old, newSession([], { user: 'erin' }))
       // hold the log out between its read of the index and its deletes
@@ -549,9 +554,7 @@ t.test('on the shared Redis', async (t) => {
     })
 
     await t.test('a logout racing a login back to the same owner leaves the entry the login wrote', async (t) => {
-      const out = open(t, { sharded: true })
-      const back = open(t, { sharded: true, prefix: out.prefix })
-      const raw = new Raw(client(t), out.prefix)
+      const [out, back, raw] = twoSharded(t)
       const key = newKey()
       await out.create(key, newSession([['userId', '"pat"']], { user: 'pat' }))
       // should the logout drop pat's entry after its script, hold that until the login is done
@@ -594,9 +597,7 @@ t.test('on the shared Redis', async (t) => {
 
     for (const first of ['sam', null]) {
       await t.test(`an owner change between the read of the owner (${first ?? 'none'}) and the script: the owner at the script gets the deadline`, async (t) => {
-        const touching = open(t, { sharded: true })
-        const changing = open(t, { sharded: true, prefix: touching.prefix })
-        const raw = new Raw(client(t), touching.prefix)
+        const [touching, changing, raw] = twoSharded(t)
         const key = newKey()
         await touching.create(key, newSession([['n', '1']], { user: first }))
         const internals = touching as unknown as { ownerOf: (key: string) => Promise<string | null> }
@@ -615,9 +616,7 @@ t.test('on the shared Redis', async (t) => {
     }
 
     await t.test('an update gives up, rejecting, while the owner keeps changing under it', async (t) => {
-      const touching = open(t, { sharded: true })
-      const changing = open(t, { sharded: true, prefix: touching.prefix })
-      const raw = new Raw(client(t), touching.prefix)
+      const [touching, changing, raw] = twoSharded(t)
       const key = newKey()
       await touching.create(key, newSession([['n', '1']], { user: 'vic' }))
       const internals = touching as unknown as { index: (user: string, key: string, until: string) => Promise<unknown> }
