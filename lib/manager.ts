@@ -104,6 +104,8 @@ export class SessionManager {
     const end = (exceptKey?: string): Promise<number> => this.#call(() => destroyByUser.call(this.provider, user, exceptKey))
     let exceptKey: string | undefined
     if (except instanceof Session) {
+      // which session to spare is unknown: ending them all would end this one
+      except.assertLoaded()
       // another call of this request is moving it: its outcome decides
       if (except.moving !== null) await except.moving
       // A regenerated session moves to its new id when it is saved. Sparing

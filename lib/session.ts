@@ -50,7 +50,7 @@ export class Session {
   #sizeDeferred = false
   /** Keys changed on this request: their new JSON text, or `null` once deleted. */
   #pending: Map<string, string | null> | null = null
-  /** The key of the record `regenerate()` moves away from, or the first one a failed load was for. */
+  /** The key of the record `regenerate()` moves away from. */
   #previousKey: string | null = null
   /** The keys of the cookies a failed load was for (see `standIn`). */
   #standIns: string[] | null = null
@@ -218,7 +218,7 @@ export class Session {
   /** Ends every other session of this session's user; answers how many ended. */
   async destroyOtherSessions (): Promise<number> {
     // the user is unknown while the session is: ending none would look like success
-    if (this.#loadError !== null) throw new FST_SESSION_STORE_UNAVAILABLE('the session could not be loaded on this request', { cause: this.#loadError })
+    this.assertLoaded()
     const user = this.destroyed ? this.#ownerAtDestroy : this.get(this.#manager.options.userKey)
     if (user === undefined || user === null) return 0
     return this.#manager.destroyUserSessions(user, { except: this })
@@ -230,7 +230,6 @@ export class Session {
    * still ends every one of them (or rejects while the store is down).
    */
   standIn (keys: string[], err: Error): void {
-    this.#previousKey = keys.length === 0 ? null : keys[0]
     this.#standIns = keys
     this.#loadError = err
   }
@@ -302,6 +301,14 @@ export class Session {
     return this.#loadError !== null
   }
 
+  /**
+   * @internal Throws when this session stands in for one the store failed to
+   * load: which of the request's cookies it is, and whose, is unknown.
+   */
+  assertLoaded (): void {
+    if (this.#loadError !== null) throw new FST_SESSION_STORE_UNAVAILABLE('the session could not be loaded on this request', { cause: this.#loadError })
+  }
+
   /** @internal Whether `destroy()` was called. */
   get destroyed (): boolean {
     return (this.#flags & DESTROYED) !== 0
@@ -322,7 +329,7 @@ export class Session {
     return this.#record
   }
 
-  /** @internal The key `regenerate()` moved away from, or the one a failed load was for. */
+  /** @internal The key `regenerate()` moved away from. */
   get previousKey (): string | null {
     return this.#previousKey
   }

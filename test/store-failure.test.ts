@@ -293,6 +293,7 @@ t.test("onStoreError 'continue': a logout on a request whose load failed still e
   const provider = new FailingProvider()
   const app = await build(t, { provider, onStoreError: 'continue' })
   app.post('/logout-others', async (request) => ({ ended: await request.session.destroyOtherSessions() }))
+  app.post('/logout-others-of-alice', async (request) => ({ ended: await app.sessions.destroyUserSessions('alice', { except: request.session }) }))
   const login = await app.inject({ method: 'POST', url: '/login', payload: { user: 'alice' } })
   const cookie = sessionCookie(login) as string
   provider.mode = 'throw'
@@ -304,6 +305,15 @@ t.test("onStoreError 'continue': a logout on a request whose load failed still e
   t.equal(others.statusCode, 503, 'ending the other sessions of an unknown user is not reported as ending none')
   t.equal(others.json().code, 'FST_SESSION_STORE_UNAVAILABLE')
   provider.mode = 'ok'
+
+  // the user is known to the app, but which session to spare is not
+  const realRead = provider.get.bind(provider)
+  provider.get = () => Promise.reject(new Error('read timed out'))
+  const spareUnknown = await app.inject({ method: 'POST', url: '/logout-others-of-alice', headers: cookieHeader(cookie) })
+  provider.get = realRead
+  t.equal(spareUnknown.statusCode, 503, 'sparing a session that could not be loaded is refused')
+  t.equal(spareUnknown.json().code, 'FST_SESSION_STORE_UNAVAILABLE')
+  t.equal(provider.memory.size, 1, 'rather than ending the very session that asked')
   t.same((await app.inject({ url: '/get/userId', headers: cookieHeader(cookie) })).json(), { value: 'alice' }, 'the session is still alive')
 
   const realGet = provider.get.bind(provider)
