@@ -147,10 +147,10 @@ export class SessionManager {
     const keys: string[] = []
     const header = request.headers.cookie
     if (this.#store !== null && header !== undefined) {
-      let cookie = findCookie(header, this.options.cookieName, this.#cookies.verify)
+      let cookie = this.#verified(header)
       while (cookie !== null) {
         if (!keys.includes(cookie.key)) keys.push(cookie.key)
-        cookie = findCookie(header, this.options.cookieName, this.#cookies.verify, lastFound.end, lastFound.tries)
+        cookie = this.#verified(header, lastFound.end, lastFound.tries)
       }
     }
     const session = new Session(this, null, null, null, Date.now(), false)
@@ -185,7 +185,7 @@ export class SessionManager {
         throw storeError(err)
       }
     }
-    const cookie = header === undefined ? null : findCookie(header, this.options.cookieName, this.#cookies.verify)
+    const cookie = header === undefined ? null : this.#verified(header)
     if (cookie === null) return new Session(this, null, null, null, now, false)
     return this.#fetch(header as string, cookie, lastFound.end, lastFound.tries, now, null)
   }
@@ -373,6 +373,11 @@ export class SessionManager {
     this.#setCookie(reply, request, session.id)
   }
 
+  /** The next cookie of ours in `header` that verifies, from offset `from` after `tried` values (see `findCookie`). */
+  #verified (header: string, from = 0, tried = 0): VerifiedCookie | null {
+    return findCookie(header, this.options.cookieName, this.#cookies.verify, from, tried)
+  }
+
   #loaded (record: StoredSession | null, header: string, cookie: VerifiedCookie, end: number, tries: number, now: number, readBefore: string[] | null): Session | Promise<Session> {
     if (record !== null && this.#live(record, now)) return new Session(this, cookie.id, cookie.key, record, now, cookie.renew)
     // A cookie of ours whose session ended may come before a live one: one
@@ -380,9 +385,9 @@ export class SessionManager {
     // clearing cookie of a logout does not reach. Stopping at it would make
     // a fresh session of every request, so that no login could stick.
     const read = readBefore ?? [cookie.key]
-    let next = findCookie(header, this.options.cookieName, this.#cookies.verify, end, tries)
+    let next = this.#verified(header, end, tries)
     // a value repeated in the header is read once
-    while (next !== null && read.includes(next.key)) next = findCookie(header, this.options.cookieName, this.#cookies.verify, lastFound.end, lastFound.tries)
+    while (next !== null && read.includes(next.key)) next = this.#verified(header, lastFound.end, lastFound.tries)
     if (next === null) return new Session(this, null, null, null, now, false)
     read.push(next.key)
     return this.#fetch(header, next, lastFound.end, lastFound.tries, now, read)
