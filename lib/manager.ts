@@ -2,7 +2,7 @@ import { createHash, createHmac } from 'node:crypto'
 import type { FastifyBaseLogger, FastifyReply, FastifyRequest } from 'fastify'
 import { CookieSigner, CookieWriter, findCookie, lastFound, MAX_COOKIE_LENGTH, VerifiedCookies, type VerifiedCookie } from './cookie.js'
 import { FST_SESSION_COOKIE_TOO_LARGE, FST_SESSION_INVALID_USER, FST_SESSION_STORE_UNAVAILABLE, FST_SESSION_UNSUPPORTED } from './errors.js'
-import { storeKey } from './id.js'
+import { isWellFormedId, storeKey } from './id.js'
 import type { ResolvedOptions } from './options.js'
 import { isStateless, type NewSession, type SealedSession, type SessionPatch, type SessionProvider, type StatelessSessionProvider, type StoredSession } from './provider.js'
 import { Session, userOf } from './session.js'
@@ -60,8 +60,13 @@ export class SessionManager {
     this.#cookies = new VerifiedCookies(this.#signer, VERIFIED_COOKIES)
   }
 
-  /** Deletes the session with this id. Answers whether a live one was deleted. */
+  /**
+   * Deletes the session with this id. Answers whether a live one was
+   * deleted; what is not a session id (not a string, or not the shape of
+   * one) names no session, so nothing is deleted.
+   */
   async destroy (id: string): Promise<boolean> {
+    if (typeof id !== 'string' || !isWellFormedId(id)) return false
     return this.destroyKey(storeKey(id))
   }
 

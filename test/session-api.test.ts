@@ -390,6 +390,12 @@ t.test('fastify.sessions exposes the provider, destroy(id) and gc()', async (t) 
   const b = await app.inject({ method: 'POST', url: '/set/a', payload: '1', headers: json })
   t.equal(await app.sessions.destroy(idOf(sessionCookie(a) as string)), true)
   t.equal(await app.sessions.destroy(idOf(sessionCookie(a) as string)), false)
+  // what is not an id names no session: no store call, no raw TypeError
+  const calls = provider.calls.length
+  for (const notAnId of [undefined, null, 42, '', 'x'.repeat(43) + '!', sessionCookie(b) as string]) {
+    t.equal(await app.sessions.destroy(notAnId as string), false)
+  }
+  t.equal(provider.calls.length, calls)
   t.equal(provider.size, 1)
   await new Promise((resolve) => setTimeout(resolve, 80))
   t.equal(await app.sessions.gc(), 1)
