@@ -254,7 +254,11 @@ export class Session {
     const pending = this.#pending
     if (pending !== null) {
       for (const [name, json] of pending) if ((json ?? undefined) === record.data.get(name)) pending.delete(name)
-      if (pending.size === 0) this.#pending = null
+      if (pending.size === 0) {
+        // a size check set() left to the save has nothing left to measure: the record passed it
+        this.#pending = null
+        this.#sizeDeferred = false
+      }
     }
     this.#flags |= MOVED
     if (key === this.key) {
