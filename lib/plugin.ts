@@ -182,10 +182,10 @@ async function fastifySessions (fastify: FastifyInstance, options: SessionPlugin
       return
     }
     if (saving === undefined) {
-      done(null, payload)
+      done(null, keepNoStore(reply, payload))
       return
     }
-    return saving.then(() => payload, (err: Error) => saveFailed(request, reply, payload, err))
+    return saving.then(() => keepNoStore(reply, payload), (err: Error) => saveFailed(request, reply, payload, err))
   })
 
   if ('gc' in provider && provider.gc !== undefined && resolved.gcIntervalMs > 0) {
@@ -228,6 +228,20 @@ function discard (payload: unknown): void {
   if (payload instanceof Readable) payload.destroy()
   else if (payload instanceof ReadableStream) payload.cancel().catch(ignore)
   else if (payload instanceof Response) payload.body?.cancel().catch(ignore)
+}
+
+/**
+ * Fastify copies the headers of a web `Response` payload onto the reply after
+ * `onSend`, so the Response's own Cache-Control would replace the `no-store`
+ * that goes out with a session cookie: such a payload is handed on as the
+ * same Response with `no-store`.
+ */
+function keepNoStore (reply: FastifyReply, payload: unknown): unknown {
+  if (typeof payload !== 'object' || payload === null || !(payload instanceof Response)) return payload
+  if (reply.getHeader('cache-control') !== 'no-store' || !payload.headers.has('cache-control') || payload.bodyUsed) return payload
+  const headers = new Headers(payload.headers)
+  headers.set('cache-control', 'no-store')
+  return new Response(payload.body, { status: payload.status, headers })
 }
 
 /** For the cancellation of a stream nobody reads: its failure has no one to tell. */

@@ -254,6 +254,52 @@ t.test('Cache-Control: no-store is on every response carrying a session Set-Cook
   t.equal(untouched.headers['cache-control'], 'public, max-age=600', 'a response without a session cookie keeps the route\'s caching')
 })
 
+t.test('Cache-Control: no-store holds when the handler returns a web Response with caching headers of its own', async (t) => {
+  for (const kind of await storeKinds(t)) {
+    t.test(kind.name, async (t) => {
+      const store = await kind.open(t)
+      const app = await build(t, store.options)
+      const cached = { 'cache-control': 'public, max-age=3600', 'set-cookie': 'theme=dark', 'x-kept': 'yes' }
+      app.post('/login-response', async (request) => {
+        request.session.set('userId', 'ada')
+        return new Response('welcome', { status: 201, headers: cached })
+      })
+      app.post('/logout-response', async (request) => {
+        await request.session.destroy()
+        return new Response('bye', { headers: cached })
+      })
+      app.get('/read-response', async (request) => new Response(String(request.session.get('userId')), { headers: cached }))
+      app.get('/plain-response', async (request) => {
+        request.session.set('seen', true)
+        return new Response(null, { status: 204 })
+      })
+
+      const login = await app.inject({ method: 'POST', url: '/login-response' })
+      t.equal(login.statusCode, 201)
+      t.equal(login.body, 'welcome')
+      t.equal(login.headers['cache-control'], 'no-store', 'a new session, over the Response\'s public caching')
+      t.equal(login.headers['x-kept'], 'yes', 'the Response\'s other headers go out')
+      t.same(setCookies(login).map((c) => c.split('=')[0]).sort(), ['sessionid', 'theme'])
+      const cookie = sessionCookie(login) as string
+
+      const read = await app.inject({ url: '/read-response', headers: cookieHeader(cookie) })
+      t.equal(read.body, 'ada')
+      t.notOk(sessionSetCookie(read))
+      t.equal(read.headers['cache-control'], 'public, max-age=3600', 'no session cookie: the Response\'s caching stands')
+
+      const logout = await app.inject({ method: 'POST', url: '/logout-response', headers: cookieHeader(cookie) })
+      t.equal(logout.body, 'bye')
+      t.match(sessionSetCookie(logout), /^sessionid=; /)
+      t.equal(logout.headers['cache-control'], 'no-store', 'the clearing cookie, over the Response\'s public caching')
+
+      const plain = await app.inject({ url: '/plain-response' })
+      t.equal(plain.statusCode, 204)
+      t.ok(sessionSetCookie(plain))
+      t.equal(plain.headers['cache-control'], 'no-store', 'a Response without caching headers keeps ours')
+    })
+  }
+})
+
 t.test('property: over any sequence of requests, each response carrying a session Set-Cookie has no-store and the default attributes', async (t) => {
   const provider = new MemoryProvider()
   const apps: Record<string, FastifyInstance> = {
