@@ -109,8 +109,9 @@ async function fastifySessions (fastify: FastifyInstance, options: SessionPlugin
       return
     }
     manager.warn(request.log, err, 'loading the session')
+    // the 503 too goes through other plugins' hooks, which may read the session
+    request.session = manager.unloaded(request, err)
     if (resolved.onStoreError === 'continue') {
-      request.session = manager.unloaded(request, err)
       done()
       return
     }

@@ -78,6 +78,30 @@ t.test('values round-trip as JSON: a Date comes back as its ISO string', async (
   t.same(res.json(), { value: '2026-01-02T03:04:05.000Z' })
 })
 
+t.test('a value that is not an object comes back as JSON made it at once; an object set on this request comes back as given', async (t) => {
+  const app = await build(t)
+  const when = new Date('2026-01-02T03:04:05.000Z')
+  app.post('/now', async (request) => {
+    const list = [NaN]
+    request.session.set('nan', NaN)
+    request.session.set('inf', -Infinity)
+    request.session.set('zero', -0)
+    request.session.set('list', list)
+    request.session.set('when', when)
+    return {
+      nan: request.session.get('nan'),
+      inf: request.session.get('inf'),
+      negativeZero: Object.is(request.session.get('zero'), -0),
+      sameList: request.session.get('list') === list,
+      sameDate: request.session.get('when') === when
+    }
+  })
+  const res = await app.inject({ method: 'POST', url: '/now' })
+  t.same(res.json(), { nan: null, inf: null, negativeZero: false, sameList: true, sameDate: true })
+  const next = await app.inject({ url: '/get/list', headers: cookieHeader(sessionCookie(res) as string) })
+  t.same(next.json(), { value: [null] }, 'the object as JSON made it, from the next request on')
+})
+
 t.test('set() of a value JSON cannot hold throws a coded TypeError at once', async (t) => {
   const app = await build(t)
   const cyclic: Record<string, unknown> = {}

@@ -32,6 +32,11 @@ for (const mode of ['throw', 'hang', 'throw-sync'] as const) {
     const provider = new FailingProvider()
     const { logs, logger } = captureLogs()
     const app = await build(t, { provider, storeTimeout: 100 }, { logger })
+    // another plugin's hook that reads the session on the way out, 503 included
+    app.addHook('onSend', async (request, reply, payload) => {
+      reply.header('x-a', String(request.session.get('a') ?? 'none'))
+      return payload
+    })
     const login = await app.inject({ method: 'POST', url: '/set/a', payload: '1', headers: json })
     const cookie = sessionCookie(login) as string
     provider.mode = mode
@@ -45,6 +50,7 @@ for (const mode of ['throw', 'hang', 'throw-sync'] as const) {
       error: 'Service Unavailable',
       message: 'The session store is unavailable'
     }, 'the cause stays out of the response')
+    t.equal(res.headers['x-a'], 'none', 'the session that could not be loaded reads as empty')
     t.same(setCookies(res), [])
     t.equal(warnings(logs).length, 1)
     t.match(warnings(logs)[0].msg, /session store unavailable while loading the session/)
