@@ -15,6 +15,7 @@ import type { ConnectCallback, ConnectProviderOptions, ConnectRecord, ConnectSto
 import { getProvider } from '../../lib/registry.js'
 import { generateId, storeKey } from '../../lib/id.js'
 import type { NewSession, SessionPatch } from '../../lib/provider.js'
+import { testProvider } from '../../lib/testing.js'
 
 const MINUTE = 60_000
 const SECRET = 'a-secret-of-at-least-32-characters!'
@@ -317,7 +318,7 @@ function behaviour (t: Test, name: string, make: MakeBackend): void {
       t.same((await provider.get(key))?.data, expected)
     })
 
-    t.test('concurrent updates leave one whole record: one writer\'s view, never a broken mix', async function (t) {
+    t.test('concurrent updates through one provider run one after another: every change survives', async function (t) {
       const { provider } = await open(t)
       const key = newKey()
       await provider.create(key, newSession([['base', '0']]))
@@ -325,11 +326,26 @@ function behaviour (t: Test, name: string, make: MakeBackend): void {
         return provider.update(key, patch({ set: new Map([[`k${i}`, String(i)]]) }))
       }))
       t.same(answers, answers.map(() => true), 'every update answers true')
-      const data = (await provider.get(key))?.data
-      t.equal(data?.get('base'), '0', 'what no update touched is intact')
-      const written = [...data?.keys() ?? []].filter((name) => name !== 'base')
-      t.ok(written.length >= 1, `at least the last writer's key is there (${written.join(', ')})`)
-      for (const name of written) t.equal(data?.get(name), name.slice(1), `${name} holds what was written to it`)
+      const expected = new Map([['base', '0'], ...Array.from({ length: 10 }, (_, i): [string, string] => [`k${i}`, String(i)])])
+      t.same((await provider.get(key))?.data, expected)
+    })
+
+    t.test('two regenerate() of one session at once leave it under one id', async function (t) {
+      const { provider } = await open(t)
+      const app = await appOn(t, { provider })
+      const cookie = sessionCookie(await app.inject({ method: 'POST', url: '/login' }))
+      if (cookie === undefined) throw new Error('login set no session cookie')
+      const both = await Promise.all([1, 2].map(() => app.inject({ method: 'POST', url: '/regenerate', headers: cookieHeader(cookie) })))
+      const renewed = both.map(sessionCookie).filter((c): c is NonNullable<typeof c> => c !== undefined && c.value !== '')
+      t.equal(renewed.length, 1, 'one of them moved the session')
+      const live = await Promise.all(renewed.map((c) => provider.get(storeKey(idOf(c)))))
+      t.equal(live.filter((record) => record !== null).length, 1, 'and the store holds it once')
+      t.equal(await provider.get(storeKey(idOf(cookie))), null, 'not under the old id')
+    })
+
+    t.test('the conformance kit', async function (t) {
+      const backend = await make(t)
+      testProvider(t, { name: `connect over ${name}`, create: () => createConnectProvider({ store: backend.store }) })
     })
 
     t.test('close leaves the store to the application', async function (t) {
@@ -409,6 +425,11 @@ t.test('option errors', async function (t) {
     t.throws(() => createConnectProvider(options as ConnectProviderOptions), { code: 'FST_SESSION_PROVIDER_OPTION', message: /connect/ }, JSON.stringify(options) ?? 'undefined')
   }
   t.ok(createConnectProvider({ store: { get, set, destroy } }), 'a store with get, set and destroy is enough')
+  for (const callTimeout of [0, -1, NaN, '500', 2 ** 31]) {
+    t.throws(() => createConnectProvider({ store, callTimeout } as ConnectProviderOptions), { code: 'FST_SESSION_PROVIDER_OPTION', message: /callTimeout/ }, String(callTimeout))
+  }
+  t.equal(createConnectProvider({ store }).callTimeout, 1500, 'callTimeout defaults to 1500 ms')
+  t.equal(createConnectProvider({ store, callTimeout: 0.5 }).callTimeout, 0.5)
 })
 
 t.test('store answers and failures', async function (t) {
@@ -493,6 +514,42 @@ t.test('store answers and failures', async function (t) {
       })
     })
     t.equal(await provider.get(newKey()), null)
+  })
+
+  t.test('a read answered after callTimeout fails the call, and its write is never sent', async function (t) {
+    const memory = new session.MemoryStore()
+    const key = newKey()
+    await createConnectProvider({ store: memory }).create(key, newSession([['a', '1']]))
+    let gets = 0
+    const late = answering((callback) => {
+      gets++
+      memory.get(key, (err, value) => setTimeout(() => callback(err, value), 150))
+    })
+    const provider = createConnectProvider({ store: late, callTimeout: 50 })
+    const first = provider.update(key, patch({ set: new Map([['a', '2']]) }))
+    // queued behind the first on the same key, with a deadline that passes while it waits
+    const queued = provider.update(key, patch({ set: new Map([['a', '3']]) }))
+    await t.rejects(first, { message: /did not answer get\(\) within the connect callTimeout/ })
+    await t.rejects(queued, { message: /callTimeout passed before the store's get\(\) was sent/ })
+    await sleep(200)
+    t.equal(gets, 1, 'the queued call never reached the store')
+    t.equal(late.sets, 0, 'nothing was written once the read came back late')
+    t.same((await createConnectProvider({ store: memory }).get(key))?.data, new Map([['a', '1']]))
+  })
+
+  t.test('calls on different keys do not wait for each other', async function (t) {
+    const memory = new session.MemoryStore()
+    const slow = newKey()
+    const fast = newKey()
+    const store: ConnectStore = {
+      get: (sid, callback) => sid === slow ? undefined : memory.get(sid, callback),
+      set: (sid, record, callback) => memory.set(sid, record as never, callback),
+      destroy: (sid, callback) => memory.destroy(sid, callback)
+    }
+    const provider = createConnectProvider({ store, callTimeout: 300 })
+    const hanging = provider.destroy(slow)
+    t.equal(await provider.create(fast, newSession()), true, 'another key goes ahead')
+    await t.rejects(hanging, { message: /callTimeout/ })
   })
 
   t.test('a set or destroy error rejects the write', async function (t) {
