@@ -224,6 +224,8 @@ export function testProvider<P extends SessionProvider> (t: Test, options: Confo
       t.equal(await provider.update(key, change), true, 'update answers true')
       const stored = await provider.get(key)
       t.same(stored?.data, new Map([['keep', '"k"'], ['change', '2'], ['add', '{"x":[1]}']]), 'set and deleted keys change, the rest stay')
+      t.equal(stored?.data.get('keep'), '"k"', 'an untouched text stays exactly as it was')
+      t.equal(stored?.data.get('change'), '2', 'a changed one is the text given')
       t.equal(stored?.createdAt, session.createdAt, 'createdAt stays')
       t.equal(stored?.lastSeenAt, change.lastSeenAt, 'lastSeenAt is the patch\'s')
       t.equal(stored?.expiresAt, change.expiresAt, 'expiresAt is the patch\'s')
@@ -486,6 +488,31 @@ export function testProvider<P extends SessionProvider> (t: Test, options: Confo
       t.same((await provider.get(key))?.data, data)
     })
 
+    t.test('empty values, long keys and keys differing only in case or normalisation stay apart and verbatim', async (t) => {
+      const provider = await open(t)
+      const key = newKey()
+      const long = 'k'.repeat(1000)
+      const data = new Map([
+        ['empty', '""'],
+        ['object', '{}'],
+        ['array', '[]'],
+        ['zero', '0'],
+        ['padded', '"  inner  "'],
+        [long, '"long key"'],
+        [long + 'x', '"longer key"'],
+        ['Key', '"upper"'],
+        ['key', '"lower"'],
+        ['KEY', '"caps"']
+      ])
+      await provider.create(key, newSession(data))
+      t.same((await provider.get(key))?.data, data, 'as created')
+      await provider.update(key, patch({ set: new Map([['key', '"changed"'], ['empty', '""']]), delete: ['Key'] }))
+      const after = new Map(data)
+      after.set('key', '"changed"')
+      after.delete('Key')
+      t.same((await provider.get(key))?.data, after, 'after an update naming one of the look-alikes')
+    })
+
     t.test('keys that name object internals are ordinary keys', async (t) => {
       const provider = await open(t)
       const key = newKey()
@@ -516,6 +543,19 @@ export function testProvider<P extends SessionProvider> (t: Test, options: Confo
       t.equal(await provider.gc!(), expired.length, 'gc answers how many expired')
       t.equal(await provider.gc!(), 0, 'a second gc finds nothing left')
       for (const k of live) t.not(await provider.get(k), null, 'a live record stays')
+    })
+
+    t.test('gc leaves a record that expires soon but has not', noSweep, async (t) => {
+      const provider = await open(t)
+      await provider.gc!()
+      const expiring = shortLived()
+      const soon = newSession(undefined, expiring.expiresAt + 60_000)
+      const [gone, kept] = [newKey(), newKey()]
+      await provider.create(gone, expiring)
+      await provider.create(kept, soon)
+      await waitPast(expiring.expiresAt)
+      t.equal(await provider.gc!(), 1, 'only the expired one is counted')
+      t.not(await provider.get(kept), null, 'the one a minute from its deadline stays')
     })
 
     t.test('close may be called twice', async (t) => {
@@ -584,6 +624,112 @@ export function testProvider<P extends SessionProvider> (t: Test, options: Confo
       t.same(await provider.listByUser!(bob, []), [], 'no longer listed')
       t.equal(await provider.destroyByUser!(bob), 0, 'destroyByUser does not reach it')
       t.same((await provider.get(key))?.data, new Map([['a', '3'], ['c', '4']]), 'the session itself stays, changed')
+    })
+
+    t.test('a refused create changes nothing, its owner included', noUsers, async (t) => {
+      const provider = await open(t)
+      const key = newKey()
+      const [alice, bob] = [generateId(), generateId()]
+      await provider.create(key, newSession(undefined, undefined, alice))
+      t.equal(await provider.create(key, newSession(undefined, undefined, bob)), false, 'refused')
+      t.same(await provider.listByUser!(bob, []), [], 'the refused owner lists nothing')
+      t.equal(await provider.destroyByUser!(bob), 0, 'and cannot end it')
+      t.same(keysOf(await provider.listByUser!(alice, [])), [key], 'the owner still lists it')
+    })
+
+    t.test('create over an expired owned record leaves its former owner nothing', noUsers, async (t) => {
+      const provider = await open(t)
+      const key = newKey()
+      const [alice, bob] = [generateId(), generateId()]
+      const expiring = shortLived(alice)
+      await provider.create(key, expiring)
+      await waitPast(expiring.expiresAt)
+      t.equal(await provider.create(key, newSession(undefined, undefined, bob)), true, 'created over it')
+      t.same(await provider.listByUser!(alice, []), [], 'the former owner lists nothing')
+      t.equal(await provider.destroyByUser!(alice), 0, 'and cannot end it')
+      t.same(keysOf(await provider.listByUser!(bob, [])), [key], 'the new owner lists it')
+    })
+
+    t.test('create with replaces and no owner leaves the former owner nothing', noUsers, async (t) => {
+      const provider = await open(t)
+      const [oldKey, key] = [newKey(), newKey()]
+      const user = generateId()
+      await provider.create(oldKey, newSession(undefined, undefined, user))
+      t.equal(await provider.create(key, newSession([['anonymous', 'true']]), oldKey), true)
+      t.same(await provider.listByUser!(user, []), [], 'not listed')
+      t.equal(await provider.destroyByUser!(user), 0, 'not reached')
+      t.not(await provider.get(key), null, 'the new record stays')
+    })
+
+    t.test('an update gives an owner to a session that had none', noUsers, async (t) => {
+      const provider = await open(t)
+      const [key, hinted] = [newKey(), newKey()]
+      const user = generateId()
+      await provider.create(key, newSession([]))
+      await provider.create(hinted, newSession([]))
+      t.equal(await provider.update(key, patch({ set: new Map([['userId', JSON.stringify(user)]]), user })), true, 'a login without regenerate')
+      t.equal(await provider.update(hinted, patch({ set: new Map([['userId', JSON.stringify(user)]]), user, owned: false })), true, 'the same, hinted unowned')
+      t.same(keysOf(await provider.listByUser!(user, [])), [key, hinted].sort(), 'both listed')
+      t.equal(await provider.destroyByUser!(user), 2, 'both reached')
+    })
+
+    t.test('an owner change under a wrong owned hint still moves the session', noUsers, async (t) => {
+      const provider = await open(t)
+      const key = newKey()
+      const [alice, bob] = [generateId(), generateId()]
+      await provider.create(key, newSession(undefined, undefined, alice))
+      t.equal(await provider.update(key, patch({ set: new Map([['userId', JSON.stringify(bob)]]), user: bob, owned: false })), true)
+      t.same(await provider.listByUser!(alice, []), [], 'the former owner lists nothing')
+      t.equal(await provider.destroyByUser!(alice), 0, 'and cannot end it')
+      t.same(keysOf(await provider.listByUser!(bob, [])), [key], 'the new owner lists it')
+    })
+
+    t.test('destroy with an owner racing a change of hands ends the session only while that owner has it', noUsers, async (t) => {
+      const provider = await open(t)
+      const [alice, bob] = [generateId(), generateId()]
+      for (let round = 0; round < 10; round++) {
+        const key = newKey()
+        await provider.create(key, newSession(undefined, undefined, alice))
+        const [destroyed, updated] = await Promise.all([provider.destroy(key, alice), provider.update(key, patch({ user: bob }))])
+        const record = await provider.get(key)
+        t.ok(destroyed !== updated, `one of them acted, not both (round ${round})`)
+        t.equal(record === null, destroyed, 'the record is gone exactly when destroy answered true')
+      }
+    })
+
+    t.test('destroy with an owner answers false for an expired record', noUsers, async (t) => {
+      const provider = await open(t)
+      const key = newKey()
+      const user = generateId()
+      const expiring = shortLived(user)
+      await provider.create(key, expiring)
+      await waitPast(expiring.expiresAt)
+      t.equal(await provider.destroy(key, user), false)
+    })
+
+    t.test('listByUser shows the info values of the latest write', noUsers, async (t) => {
+      const provider = await open(t)
+      const key = newKey()
+      const user = generateId()
+      await provider.create(key, newSession([['device', '"phone"'], ['ip', '"10.0.0.1"']], undefined, user))
+      await provider.update(key, patch({ set: new Map([['device', '"laptop"']]), delete: ['ip'] }))
+      const [listed] = await provider.listByUser!(user, ['device', 'ip'])
+      t.same(listed?.info, new Map([['device', '"laptop"']]))
+    })
+
+    t.test('user ids are compared exactly: no two of these share a session', noUsers, async (t) => {
+      const provider = await open(t)
+      const users = ['', '0', '__proto__', 'constructor', 'Alice', 'alice', 'e\u0301', '\u00e9', 'a', 'ab', '*', '%', '_', 'a:b', '🔑', 'u'.repeat(1000)]
+      const keys = users.map(() => newKey())
+      for (const [i, user] of users.entries()) await provider.create(keys[i], newSession(undefined, undefined, user))
+      for (const [i, user] of users.entries()) {
+        t.same(keysOf(await provider.listByUser!(user, [])), [keys[i]], `${JSON.stringify(user.slice(0, 20))} lists its own session only`)
+      }
+      for (const [i, user] of users.entries()) {
+        t.equal(await provider.destroyByUser!(user), 1, `${JSON.stringify(user.slice(0, 20))} ends one`)
+        t.equal(await provider.get(keys[i]), null, 'its own')
+        for (const later of keys.slice(i + 1)) t.not(await provider.get(later), null, 'and none of the others')
+      }
     })
 
     t.test('destroy with an owner deletes only a record that user owns', noUsers, async (t) => {
