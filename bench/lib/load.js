@@ -17,6 +17,7 @@
 //                      (setupRequest) made autocannon the bottleneck.
 //   cookies: ['sessionid=...'], values: ['...'], expect: 'body', constant: '1', cookieName,
 //   rate: optional overall req/s (default: as fast as the server answers)
+//   timeout: optional seconds a request may wait for its response (default: half the duration)
 // }
 import autocannon from 'autocannon'
 
@@ -128,7 +129,7 @@ export function runLoad (spec) {
     // Shorter than the phase (where autocannon's 1 s minimum allows), so that
     // a request the server never answers times out, an error, instead of
     // idling its connection until the load stops.
-    timeout: Math.max(1, spec.duration / 2),
+    timeout: spec.timeout ?? Math.max(1, spec.duration / 2),
     pipelining: 1,
     setupClient
   }

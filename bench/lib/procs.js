@@ -19,12 +19,14 @@ export function hasTaskset () {
 
 /**
  * Starts `node <nodeArgs> <script> <args>` with IPC, pinned to `core` when
- * taskset exists and `core` is given. Answers a handle whose `ready` settles
- * with the child's first { type: 'ready' } message, or rejects when the child
- * reports { type: 'failed' }, exits first, or stays silent past `timeoutMs`.
+ * taskset exists and `core` is given, under `wrapper` (a command that execs
+ * node in the same process, such as valgrind) when one is given. Answers a
+ * handle whose `ready` settles with the child's first { type: 'ready' }
+ * message, or rejects when the child reports { type: 'failed' }, exits
+ * first, or stays silent past `timeoutMs`.
  */
-export function startChild (script, args = [], { core, nodeArgs = [], env, timeoutMs = 60_000, pin = true } = {}) {
-  const command = [process.execPath, ...nodeArgs, script, ...args]
+export function startChild (script, args = [], { core, nodeArgs = [], env, timeoutMs = 60_000, pin = true, wrapper = [] } = {}) {
+  const command = [...wrapper, process.execPath, ...nodeArgs, script, ...args]
   const useTaskset = pin && core !== undefined && hasTaskset()
   const child = track(useTaskset
     ? spawn('taskset', ['-c', String(core), ...command], { stdio: ['ignore', 'inherit', 'pipe', 'ipc'], env: env ?? process.env })
