@@ -238,7 +238,8 @@ function discard (payload: unknown): void {
  * same Response with `no-store`.
  */
 function keepNoStore (reply: FastifyReply, payload: unknown): unknown {
-  if (typeof payload !== 'object' || payload === null || !(payload instanceof Response)) return payload
+  // the usual payload, a string, goes by without a look at the Response global
+  if (typeof payload !== 'object' || !(payload instanceof Response)) return payload
   if (reply.getHeader('cache-control') !== 'no-store' || !payload.headers.has('cache-control') || payload.bodyUsed) return payload
   const headers = new Headers(payload.headers)
   headers.set('cache-control', 'no-store')
