@@ -100,7 +100,7 @@ export class SessionManager {
    * Ends every session of `userId` but the one named by `except` (a session,
    * such as `request.session`, or a handle); answers how many ended.
    */
-  async destroyUserSessions (userId: string | number, options: { except?: Session | string } = {}): Promise<number> {
+  async destroyUserSessions (userId: string | number, options: { except?: Session | string | undefined } = {}): Promise<number> {
     const user = this.#user(userId)
     const destroyByUser = this.#store?.destroyByUser
     if (destroyByUser === undefined) throw new FST_SESSION_UNSUPPORTED('ending sessions by user', 'it has no destroyByUser()')

@@ -6,19 +6,19 @@ import type { SessionProviders } from './registry.js'
 /** Attributes of the session cookie. */
 export interface SessionCookieOptions {
   /** Starts with `/`. @default '/' */
-  path?: string
+  path?: string | undefined
   /** Absent: a host-only cookie. @default undefined */
-  domain?: string
+  domain?: string | undefined
   /** @default true */
-  httpOnly?: boolean
+  httpOnly?: boolean | undefined
   /** @default 'lax' */
-  sameSite?: 'lax' | 'strict' | 'none' | false
+  sameSite?: 'lax' | 'strict' | 'none' | false | undefined
   /**
    * `'auto'` sets Secure when the request came over https, as Fastify sees it
    * (so `trustProxy` and `X-Forwarded-Proto` count).
    * @default 'auto'
    */
-  secure?: boolean | 'auto'
+  secure?: boolean | 'auto' | undefined
   /**
    * Lifetime of the cookie in whole seconds (`Max-Age`), sent again whenever
    * the idle deadline is written; at least `maxLifetime` (or
@@ -27,9 +27,9 @@ export interface SessionCookieOptions {
    * (the server-side deadlines apply either way).
    * @default undefined
    */
-  maxAge?: number
+  maxAge?: number | undefined
   /** CHIPS: the cookie is partitioned by top-level site (needs Secure). @default false */
-  partitioned?: boolean
+  partitioned?: boolean | undefined
 }
 
 /** Options shared by every way of naming the provider. */
@@ -43,15 +43,15 @@ export interface SessionPluginBaseOptions {
    */
   secret: string | readonly string[] | undefined
   /** Name of the session cookie. @default 'sessionid' */
-  cookieName?: string
+  cookieName?: string | undefined
   /** Session cookie attributes; each has its own default. @default {} */
-  cookie?: SessionCookieOptions
+  cookie?: SessionCookieOptions | undefined
   /** Idle timeout in seconds: from 0.001 to 10¹², rounded to the millisecond. @default 3600 */
-  maxLifetime?: number
+  maxLifetime?: number | undefined
   /** Seconds from creation after which a session ends whatever its activity; bounds and rounding as `maxLifetime`. @default 86400 */
-  absoluteLifetime?: number
+  absoluteLifetime?: number | undefined
   /** Seconds between sweeps, for providers that need them; 0 disables the timer. From 0.001, rounded to the millisecond, to 2147483.647 (2³¹ − 1 ms, Node's longest timer). @default 60 */
-  gcInterval?: number
+  gcInterval?: number | undefined
   /**
    * Seconds (0, or from 0.001, rounded to the millisecond): a request that
    * only reads refreshes the idle deadline in the store at most once per
@@ -60,22 +60,22 @@ export interface SessionPluginBaseOptions {
    * before it is touched.
    * @default maxLifetime / 10
    */
-  touchAfter?: number
+  touchAfter?: number | undefined
   /** Milliseconds each provider call may take before it counts as a store failure. At most 2147483647 (Node's longest timer). @default 2000 */
-  storeTimeout?: number
+  storeTimeout?: number | undefined
   /**
    * What a request gets when the store fails or times out: `'fail'` answers
    * 503 `FST_SESSION_STORE_UNAVAILABLE`; `'continue'` serves the request with
    * an empty session that is not saved.
    * @default 'fail'
    */
-  onStoreError?: 'fail' | 'continue'
+  onStoreError?: 'fail' | 'continue' | undefined
   /** Bytes of JSON the session's data may take. @default 65536 */
-  maxSessionSize?: number
+  maxSessionSize?: number | undefined
   /** The session key whose value names the session's owner, for listing and ending a user's sessions. @default 'userId' */
-  userKey?: string
+  userKey?: string | undefined
   /** Session keys whose values `listUserSessions` shows beside each session. @default [] */
-  userInfoKeys?: readonly string[]
+  userInfoKeys?: readonly string[] | undefined
 }
 
 type NamedProviderOptions = {
@@ -85,7 +85,7 @@ type NamedProviderOptions = {
   } & ({} extends SessionProviders[Name]
     ? {
         /** Options for that provider's factory. @default {} */
-        providerOptions?: SessionProviders[Name]
+        providerOptions?: SessionProviders[Name] | undefined
       }
     : {
         /** Options for that provider's factory: required, since some of them are. */
@@ -98,7 +98,7 @@ type DefaultProviderOptions = SessionProviders extends { memory: infer MemoryOpt
       /** The provider: absent, the embedded `memory` one. @default 'memory' */
       provider?: undefined
       /** Options of the memory provider. @default {} */
-      providerOptions?: MemoryOptions
+      providerOptions?: MemoryOptions | undefined
     }
   : never
 

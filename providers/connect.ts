@@ -86,7 +86,7 @@ export interface ConnectProviderOptions {
    * call the plugin gave up on writes nothing later; at most 2147483647.
    * @default 1500
    */
-  callTimeout?: number
+  callTimeout?: number | undefined
 }
 
 /** The session as the bridge keeps it, under the record's `fastifySessions` field. */

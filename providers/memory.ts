@@ -9,7 +9,7 @@ export interface MemoryProviderOptions {
    * recently used.
    * @default 100000
    */
-  maxSessions?: number
+  maxSessions?: number | undefined
 }
 
 declare module '../lib/registry.js' {

@@ -57,32 +57,32 @@ export interface PostgresProviderOptions {
    * A `pg.Pool` the application owns. The provider borrows it and never ends it.
    * @default undefined
    */
-  pool?: Pool
+  pool?: Pool | undefined
   /**
    * A connection string for a pool the provider makes, and ends on `close()`.
    * @default undefined
    */
-  connectionString?: string
+  connectionString?: string | undefined
   /**
    * The table, optionally schema-qualified (`schema.table`). Each part is a
    * letter or underscore followed by up to 62 letters, digits or underscores,
    * and keeps its case.
    * @default 'sessions'
    */
-  tableName?: string
+  tableName?: string | undefined
   /**
    * Whether to create the table and its indexes at startup when the table is
    * missing. With `false`, a missing table makes startup fail with
    * `FST_SESSION_MISSING_TABLE`.
    * @default true
    */
-  createTable?: boolean
+  createTable?: boolean | undefined
   /**
    * How many expired rows one `DELETE` of the sweep removes at most, which
    * bounds how long each statement holds its locks.
    * @default 1000
    */
-  gcBatchSize?: number
+  gcBatchSize?: number | undefined
   /**
    * Milliseconds after which a statement on the pool the provider made fails
    * for want of an answer, and its connection is dropped (pg's
@@ -93,7 +93,7 @@ export interface PostgresProviderOptions {
    * its own settings.
    * @default 5000
    */
-  queryTimeout?: number
+  queryTimeout?: number | undefined
 }
 
 declare module '../lib/registry.js' {

@@ -16,7 +16,7 @@ export interface RedisProviderOptions {
    * connects again on the next command, and is closed by `close()`.
    * @default undefined
    */
-  url?: string
+  url?: string | undefined
 
   /**
    * TLS options for a `rediss://` URL, passed to `tls.connect` (a private
@@ -24,7 +24,7 @@ export interface RedisProviderOptions {
    * would ignore them.
    * @default undefined
    */
-  tls?: ConnectionOptions
+  tls?: ConnectionOptions | undefined
 
   /**
    * An ioredis `Redis` or `Cluster` the application already has (for
@@ -33,13 +33,13 @@ export interface RedisProviderOptions {
    * A Cluster needs it; otherwise `url` is faster.
    * @default undefined
    */
-  client?: Redis | Cluster
+  client?: Redis | Cluster | undefined
 
   /**
    * Put before every key the provider writes.
    * @default 'sess:'
    */
-  prefix?: string
+  prefix?: string | undefined
 
   /**
    * Whether sessions may live on different shards, so that no script may
@@ -50,7 +50,7 @@ export interface RedisProviderOptions {
    * a hash tag (every key in one slot).
    * @default true for a `Cluster` client, false otherwise
    */
-  sharded?: boolean
+  sharded?: boolean | undefined
 }
 
 declare module '../lib/registry.js' {

@@ -54,7 +54,7 @@ export interface SqliteProviderOptions {
    * it as it is (journal mode, pragmas) and never closes it.
    * @default undefined
    */
-  database?: Database.Database
+  database?: Database.Database | undefined
   /**
    * A database file for the provider to open and close on `close()`. It
    * switches the file to WAL mode with `synchronous = NORMAL`: a power loss
@@ -62,20 +62,20 @@ export interface SqliteProviderOptions {
    * the sessions in memory, private to this provider.
    * @default undefined
    */
-  filename?: string
+  filename?: string | undefined
   /**
    * The table: a letter or underscore followed by up to 62 letters, digits
    * or underscores. Its indexes are named after it.
    * @default 'sessions'
    */
-  tableName?: string
+  tableName?: string | undefined
   /**
    * Whether to create the table and its indexes when they are missing. With
    * `false`, a missing table makes the provider fail at creation with
    * `FST_SESSION_MISSING_TABLE`.
    * @default true
    */
-  createTable?: boolean
+  createTable?: boolean | undefined
   /**
    * How many expired rows one `DELETE` of the sweep removes at most. Each
    * batch is its own transaction, so this bounds how long a sweep keeps
@@ -84,7 +84,7 @@ export interface SqliteProviderOptions {
    * per expired row).
    * @default 1000
    */
-  gcBatchSize?: number
+  gcBatchSize?: number | undefined
 }
 
 declare module '../lib/registry.js' {

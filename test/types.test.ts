@@ -31,3 +31,17 @@ t.test("provider: 'redis' type-checks only once its module is imported", async (
   t.equal(await typeErrors('provider-without-import.ts'), '')
   t.equal(await typeErrors('provider-with-import.ts'), '')
 })
+
+t.test('the published declarations check as users compile them: bundler or nodenext resolution, exactOptionalPropertyTypes, no skipLibCheck', async (t) => {
+  const published = fixture('published.ts')
+  const strict = ['--ignoreConfig', '--noEmit', '--strict', '--exactOptionalPropertyTypes', '--target', 'es2022', '--types', 'node']
+  for (const resolution of [['--module', 'esnext', '--moduleResolution', 'bundler'], ['--module', 'nodenext', '--moduleResolution', 'nodenext']]) {
+    let output = ''
+    try {
+      await run(process.execPath, [tsc, ...strict, ...resolution, published])
+    } catch (err) {
+      output = (err as { stdout: string }).stdout
+    }
+    t.equal(output, '', resolution.join(' '))
+  }
+})
