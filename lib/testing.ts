@@ -109,6 +109,12 @@ export function testProvider<P extends SessionProvider> (t: Test, options: Confo
 
     const waitPast = (deadline: number): Promise<void> => sleep(Math.max(0, deadline - Date.now()) + grace)
 
+    /** Checks that `user` neither lists a session nor can end one. */
+    const reachesNothing = async (t: Test, provider: P, user: string, unlisted: string, unreached: string): Promise<void> => {
+      t.same(await provider.listByUser!(user, []), [], unlisted)
+      t.equal(await provider.destroyByUser!(user), 0, unreached)
+    }
+
     const probe = await options.create()
     const sweeps = options.sweeps ?? typeof probe.gc === 'function'
     const userIndex = options.userIndex ?? (typeof probe.listByUser === 'function' || typeof probe.destroyByUser === 'function')
@@ -621,8 +627,7 @@ export function testProvider<P extends SessionProvider> (t: Test, options: Confo
       t.same(keysOf(await provider.listByUser!(bob, [])), [key], 'listed under the new user')
       t.same((await provider.get(key))?.data, new Map([['a', '3']]), 'and the data changed too')
       t.equal(await provider.update(key, patch({ set: new Map([['c', '4']]), user: null })), true, 'update answers true')
-      t.same(await provider.listByUser!(bob, []), [], 'no longer listed')
-      t.equal(await provider.destroyByUser!(bob), 0, 'destroyByUser does not reach it')
+      await reachesNothing(t, provider, bob, 'no longer listed', 'destroyByUser does not reach it')
       t.same((await provider.get(key))?.data, new Map([['a', '3'], ['c', '4']]), 'the session itself stays, changed')
     })
 
@@ -632,8 +637,7 @@ export function testProvider<P extends SessionProvider> (t: Test, options: Confo
       const [alice, bob] = [generateId(), generateId()]
       await provider.create(key, newSession(undefined, undefined, alice))
       t.equal(await provider.create(key, newSession(undefined, undefined, bob)), false, 'refused')
-      t.same(await provider.listByUser!(bob, []), [], 'the refused owner lists nothing')
-      t.equal(await provider.destroyByUser!(bob), 0, 'and cannot end it')
+      await reachesNothing(t, provider, bob, 'the refused owner lists nothing', 'and cannot end it')
       t.same(keysOf(await provider.listByUser!(alice, [])), [key], 'the owner still lists it')
     })
 
@@ -645,8 +649,7 @@ export function testProvider<P extends SessionProvider> (t: Test, options: Confo
       await provider.create(key, expiring)
       await waitPast(expiring.expiresAt)
       t.equal(await provider.create(key, newSession(undefined, undefined, bob)), true, 'created over it')
-      t.same(await provider.listByUser!(alice, []), [], 'the former owner lists nothing')
-      t.equal(await provider.destroyByUser!(alice), 0, 'and cannot end it')
+      await reachesNothing(t, provider, alice, 'the former owner lists nothing', 'and cannot end it')
       t.same(keysOf(await provider.listByUser!(bob, [])), [key], 'the new owner lists it')
     })
 
@@ -656,8 +659,7 @@ export function testProvider<P extends SessionProvider> (t: Test, options: Confo
       const user = generateId()
       await provider.create(oldKey, newSession(undefined, undefined, user))
       t.equal(await provider.create(key, newSession([['anonymous', 'true']]), oldKey), true)
-      t.same(await provider.listByUser!(user, []), [], 'not listed')
-      t.equal(await provider.destroyByUser!(user), 0, 'not reached')
+      await reachesNothing(t, provider, user, 'not listed', 'not reached')
       t.not(await provider.get(key), null, 'the new record stays')
     })
 
@@ -679,8 +681,7 @@ export function testProvider<P extends SessionProvider> (t: Test, options: Confo
       const [alice, bob] = [generateId(), generateId()]
       await provider.create(key, newSession(undefined, undefined, alice))
       t.equal(await provider.update(key, patch({ set: new Map([['userId', JSON.stringify(bob)]]), user: bob, owned: false })), true)
-      t.same(await provider.listByUser!(alice, []), [], 'the former owner lists nothing')
-      t.equal(await provider.destroyByUser!(alice), 0, 'and cannot end it')
+      await reachesNothing(t, provider, alice, 'the former owner lists nothing', 'and cannot end it')
       t.same(keysOf(await provider.listByUser!(bob, [])), [key], 'the new owner lists it')
     })
 
