@@ -238,10 +238,14 @@ export class CookieWriter {
     this.clearSecureTail = clear + secureFlags
   }
 
-  /** Whether the cookie carries Secure on a request that came over `protocol`. */
-  isSecure (protocol: string): boolean {
+  /**
+   * Whether the cookie carries Secure on this request. Only `'auto'` reads
+   * the protocol: Fastify works it out on each read, from the socket and,
+   * behind a trusted proxy, the forwarded headers.
+   */
+  isSecure (request: { readonly protocol: string }): boolean {
     const { secure } = this.attributes
-    return secure === 'auto' ? protocol === 'https' : secure
+    return secure === 'auto' ? request.protocol === 'https' : secure
   }
 
   serialize (value: string, secure: boolean): string {

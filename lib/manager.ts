@@ -427,7 +427,7 @@ export class SessionManager {
 
   /** Sets the session cookie to the signed `id`, or clears it when `id` is `null`. */
   #setCookie (reply: FastifyReply, request: FastifyRequest, id: string | null, sign = true): void {
-    const secure = this.#writer.isSecure(request.protocol)
+    const secure = this.#writer.isSecure(request)
     const value = id === null ? null : sign ? this.#signer.sign(id) : id
     reply.header('set-cookie', value === null ? this.#writer.serializeClear(secure) : this.#writer.serialize(value, secure))
     reply.header('cache-control', 'no-store')
