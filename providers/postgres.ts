@@ -344,8 +344,7 @@ export class PostgresProvider implements SessionProvider {
    * unlock itself have failed.
    */
   private async withClient<T> (work: (client: PoolClient) => Promise<T>): Promise<T> {
-    const client = await this.pool.connect()
-    client.on('error', dropConnectionError)
+    const client = await this.checkOut()
     let result: T
     try {
       result = await work(client)
@@ -357,6 +356,26 @@ export class PostgresProvider implements SessionProvider {
     client.off('error', dropConnectionError)
     client.release()
     return result
+  }
+
+  /**
+   * A connection from the pool, listened to from the moment it is handed
+   * over. Awaiting `pool.connect()` would add the listener a tick late: a
+   * backend terminated just as its connection became ready sends its FATAL
+   * in the same read, and an 'error' event nobody listens to ends the
+   * process.
+   */
+  private checkOut (): Promise<PoolClient> {
+    return new Promise((resolve, reject) => {
+      this.pool.connect((err, client) => {
+        if (err !== undefined && err !== null) {
+          reject(err)
+          return
+        }
+        (client as PoolClient).on('error', dropConnectionError)
+        resolve(client as PoolClient)
+      })
+    })
   }
 
   private async tableExists (db: Pool | PoolClient): Promise<boolean> {

@@ -88,6 +88,29 @@ t.test('with PostgreSQL', async (t) => {
     t.same(uncaught, [], 'no uncaught exception')
   })
 
+  t.test('a backend terminated just as the pool hands its connection over fails that call only: the process goes on', async (t) => {
+    const uncaught: unknown[] = []
+    const onUncaught = (err: unknown): void => { uncaught.push(err) }
+    process.on('uncaughtException', onUncaught)
+    t.teardown(() => process.off('uncaughtException', onUncaught))
+    const proxy = await startProxy(t, DATABASE_URL, 5432)
+    // a pool with no connection yet: the sweep's connection is made, and killed, as it is handed over
+    const pool = new pg.Pool({ connectionString: proxy.url(DATABASE_URL) })
+    pool.on('error', () => {})
+    t.teardown(() => pool.end())
+    const tableName = table()
+    dropAfter(tableName)
+    await (await createPostgresProvider({ connectionString: DATABASE_URL, tableName })).close()
+    const provider = new PostgresProvider({ pool, tableName })
+    proxy.terminateWhenReady = true
+    await t.rejects(provider.gc())
+    await t.rejects(provider.destroyByUser('ada'))
+    proxy.terminateWhenReady = false
+    t.equal(await provider.destroyByUser('ada'), 0, 'the next connection works')
+    await sleep(50)
+    t.same(uncaught, [], 'no uncaught exception')
+  })
+
   t.test('connections that stop answering are dropped after queryTimeout, so the pool recovers and close() ends', async (t) => {
     const proxy = await startProxy(t, DATABASE_URL, 5432)
     const tableName = table()
