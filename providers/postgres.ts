@@ -34,9 +34,9 @@
  */
 import { createHash } from 'node:crypto'
 import pg from 'pg'
-import type { Pool, PoolClient } from 'pg'
+import type { ClientBase, Pool, PoolClient } from 'pg'
 import { registerProvider } from '../lib/registry.js'
-import { FST_SESSION_MISSING_TABLE, FST_SESSION_PROVIDER_OPTION, FST_SESSION_UNSUPPORTED } from '../lib/errors.js'
+import { FST_SESSION_INVALID_TABLE, FST_SESSION_MISSING_TABLE, FST_SESSION_PROVIDER_OPTION, FST_SESSION_UNSUPPORTED } from '../lib/errors.js'
 import { validateTableName } from '../lib/sql.js'
 import type { TableName } from '../lib/sql.js'
 import type { NewSession, SessionPatch, SessionProvider, StoredSession, UserSessionRecord } from '../lib/provider.js'
@@ -50,6 +50,19 @@ const CONNECTION_TIMEOUT = 2000
  * but an event nobody listens to would end the process.
  */
 function dropConnectionError (): void {}
+
+/**
+ * Under repeatable read or serializable, two writes to one row make the
+ * second fail with a serialization error (a 503 for that request), so the
+ * provider's own connections run at read committed whatever the database's
+ * default. pg-pool runs this on each new connection before handing it out.
+ */
+async function readCommitted (client: ClientBase): Promise<void> {
+  await client.query('SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED')
+}
+
+/** Transactions that rely on read committed, also on a pool handed in whose sessions default to another level. */
+const BEGIN = 'BEGIN ISOLATION LEVEL READ COMMITTED'
 
 /** Options of the `postgres` provider. Give exactly one of `pool` and `connectionString`. */
 export interface PostgresProviderOptions {
@@ -186,7 +199,7 @@ export class PostgresProvider implements SessionProvider {
     if (pool === undefined) {
       // A bounded wait for a connection: otherwise a query the plugin gave up on
       // (storeTimeout) waits in the pool's queue and may still run much later.
-      this.pool = new pg.Pool({ connectionString, connectionTimeoutMillis: CONNECTION_TIMEOUT, query_timeout: queryTimeout })
+      this.pool = new pg.Pool({ connectionString, connectionTimeoutMillis: CONNECTION_TIMEOUT, query_timeout: queryTimeout, onConnect: readCommitted })
       // an idle connection the server drops emits 'error' on the pool
       this.pool.on('error', dropConnectionError)
       this.ownsPool = true
@@ -231,9 +244,26 @@ export class PostgresProvider implements SessionProvider {
    * calls it.
    */
   async prepare (): Promise<void> {
-    if (await this.tableExists(this.pool)) return
+    if (await this.tableExists(this.pool)) {
+      await this.checkColumns()
+      return
+    }
     if (!this.createTable) throw new FST_SESSION_MISSING_TABLE(JSON.stringify(this.tableName))
     await this.withClient((client) => this.createSchema(client))
+  }
+
+  /**
+   * A table of that name made for something else (another library's
+   * sessions, say) would pass the existence check and then fail every
+   * request: it fails startup instead.
+   */
+  private async checkColumns (): Promise<void> {
+    try {
+      await this.pool.query(`SELECT key, data, user_id, created_at, last_seen_at, expires_at FROM ${this.table.quoted} LIMIT 0`)
+    } catch (err) {
+      if ((err as { code?: unknown }).code !== UNDEFINED_COLUMN) throw err
+      throw new FST_SESSION_INVALID_TABLE(JSON.stringify(this.tableName), `it exists without this provider's columns (${(err as Error).message})`)
+    }
   }
 
   async get (key: string): Promise<StoredSession | null> {
@@ -250,7 +280,7 @@ export class PostgresProvider implements SessionProvider {
     // Two statements in a transaction: if the new key turns out to be taken,
     // the rollback brings the old row back, so a failed create changes nothing.
     return await this.withClient(async (client) => {
-      await client.query('BEGIN')
+      await client.query(BEGIN)
       // the new owner's lock, which ending that user's sessions waits for (see destroyByUser)
       if (session.user !== null) await this.lockUser(client, session.user)
       const deleted = await client.query(this.sql.deleteLive, [replaces, values[6]])
@@ -317,7 +347,7 @@ export class PostgresProvider implements SessionProvider {
   async destroyByUser (user: string, exceptKey?: string): Promise<number> {
     if (!storable(user)) return 0
     return await this.withClient(async (client) => {
-      await client.query('BEGIN')
+      await client.query(BEGIN)
       await this.lockUser(client, user)
       const { rowCount } = await client.query(this.sql.destroyByUser, [user, Date.now(), exceptKey ?? null])
       await client.query('COMMIT')
@@ -325,9 +355,15 @@ export class PostgresProvider implements SessionProvider {
     })
   }
 
-  /** Takes the transaction-scoped advisory lock of one user's sessions in this table. */
+  /**
+   * Takes the transaction-scoped advisory lock of one user's sessions in
+   * this table. The key comes from the table the name resolves to (its oid),
+   * not from the name as written: instances naming one table `sessions` and
+   * `public.sessions`, or through different search paths, must take the
+   * same lock.
+   */
   private async lockUser (client: PoolClient, user: string): Promise<void> {
-    await client.query('SELECT pg_advisory_xact_lock($1::bigint)', [advisoryLockKey('user:' + user, this.table)])
+    await client.query(USER_LOCK, ['fastify-sessions:user:' + user + ':', this.table.quoted])
   }
 
   /** Ends the pool made from `connectionString`; a pool handed in stays open. */
@@ -488,6 +524,12 @@ function toSession (row: SessionRow): StoredSession {
     expiresAt: Number(row.expires_at)
   }
 }
+
+/** PostgreSQL's SQLSTATE for a column that does not exist. */
+const UNDEFINED_COLUMN = '42703'
+
+/** The advisory lock keyed by the first 64 bits of SHA-256 of `$1` and the oid of the table `$2` names. */
+const USER_LOCK = "SELECT pg_advisory_xact_lock(('x' || encode(substr(sha256(convert_to($1 || to_regclass($2)::oid::text, 'UTF8')), 1, 8), 'hex'))::bit(64)::bigint)"
 
 /**
  * A `bigint` advisory lock key for one purpose on one table, as decimal text.

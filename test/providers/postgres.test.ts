@@ -299,43 +299,76 @@ t.test('with PostgreSQL', async function (t) {
     t.equal((await provider.listByUser('v', [])).length, 1, 'other users untouched')
   })
 
-  t.test('ending a user\'s sessions also ends the one a regenerate() is moving at that moment', async function (t) {
-    const { provider: banning, table } = await setup(t)
-    // a second instance on the same table whose transactions stop before COMMIT until let go
-    const moving = new pg.Pool({ connectionString: DATABASE_URL, max: 2 })
-    t.teardown(() => moving.end())
-    let reachCommit: () => void = () => {}
-    const atCommit = new Promise<void>((resolve) => { reachCommit = resolve })
-    let letGo: () => void = () => {}
-    const gate = new Promise<void>((resolve) => { letGo = resolve })
-    moving.on('acquire', function holdCommit (client: pg.PoolClient & { held?: boolean }) {
-      if (client.held === true) return
-      client.held = true
-      const query = client.query.bind(client) as (...args: unknown[]) => unknown
-      Object.assign(client, {
-        query (...args: unknown[]) {
-          if (args[0] !== 'COMMIT') return query(...args)
-          reachCommit()
-          return gate.then(() => query(...args))
-        }
-      })
-    })
-    const regenerating = await createPostgresProvider({ pool: moving, tableName: table })
-    t.teardown(() => regenerating.close())
+  /** DATABASE_URL with its sessions defaulting to another isolation level, as `ALTER DATABASE ... SET` would make them. */
+  function defaultingTo (level: string): string {
+    const url = new URL(DATABASE_URL)
+    url.searchParams.set('options', `-c default_transaction_isolation=${level.replace(' ', '\\ ')}`)
+    return url.href
+  }
 
-    const before = storeKey()
-    const after = storeKey()
-    await banning.create(before, newSession({ n: 1 }, { user: 'u' }))
-    const regenerated = regenerating.create(after, newSession({ n: 1 }, { user: 'u' }), before)
-    await atCommit
-    const banned = banning.destroyByUser('u')
-    await sleep(200)
-    letGo()
-    t.equal(await regenerated, true, 'the move committed')
-    t.equal(await banned, 1, 'and the session it moved was ended')
-    t.equal(await banning.get(after), null)
-    t.same(await banning.listByUser('u', []), [])
+  t.test('the provider\'s own pool runs at read committed on a database defaulting to serializable: concurrent writes to one session all land', async function (t) {
+    const table = randomTable()
+    dropAfter(t, table)
+    const provider = await createPostgresProvider({ connectionString: defaultingTo('serializable'), tableName: table })
+    t.teardown(() => provider.close())
+    const key = storeKey()
+    await provider.create(key, newSession({ base: 0 }, { user: 'u' }))
+    const writes = Array.from({ length: 30 }, function write (_, i) {
+      return provider.update(key, patch({ set: texts({ [`k${i}`]: i }) }))
+    })
+    const results = await Promise.all([...writes, provider.destroyByUser('nobody')])
+    t.same(results.slice(0, 30), Array(30).fill(true))
+    t.equal(Object.keys(values((await provider.get(key))?.data)).length, 31)
   })
+
+  const races = [
+    { when: '', level: undefined, qualified: false },
+    { when: ', on pools handed in whose database defaults to repeatable read', level: 'repeatable read', qualified: false },
+    { when: ', when one instance names the table with its schema and the other without', level: undefined, qualified: true }
+  ]
+  for (const { when, level, qualified } of races) {
+    t.test(`ending a user's sessions also ends the one a regenerate() is moving at that moment${when}`, async function (t) {
+      const url = level === undefined ? DATABASE_URL : defaultingTo(level)
+      const banningPool = new pg.Pool({ connectionString: url, max: 2 })
+      t.teardown(() => banningPool.end())
+      const table = randomTable()
+      const { provider: banning } = await setup(t, { pool: banningPool, tableName: qualified ? `public.${table}` : table })
+      // a second instance on the same table whose transactions stop before COMMIT until let go
+      const moving = new pg.Pool({ connectionString: url, max: 2 })
+      t.teardown(() => moving.end())
+      let reachCommit: () => void = () => {}
+      const atCommit = new Promise<void>((resolve) => { reachCommit = resolve })
+      let letGo: () => void = () => {}
+      const gate = new Promise<void>((resolve) => { letGo = resolve })
+      moving.on('acquire', function holdCommit (client: pg.PoolClient & { held?: boolean }) {
+        if (client.held === true) return
+        client.held = true
+        const query = client.query.bind(client) as (...args: unknown[]) => unknown
+        Object.assign(client, {
+          query (...args: unknown[]) {
+            if (args[0] !== 'COMMIT') return query(...args)
+            reachCommit()
+            return gate.then(() => query(...args))
+          }
+        })
+      })
+      const regenerating = await createPostgresProvider({ pool: moving, tableName: table })
+      t.teardown(() => regenerating.close())
+
+      const before = storeKey()
+      const after = storeKey()
+      await banning.create(before, newSession({ n: 1 }, { user: 'u' }))
+      const regenerated = regenerating.create(after, newSession({ n: 1 }, { user: 'u' }), before)
+      await atCommit
+      const banned = banning.destroyByUser('u')
+      await sleep(200)
+      letGo()
+      t.equal(await regenerated, true, 'the move committed')
+      t.equal(await banned, 1, 'and the session it moved was ended')
+      t.equal(await banning.get(after), null)
+      t.same(await banning.listByUser('u', []), [])
+    })
+  }
 
   t.test('a failing delete of a user\'s sessions rejects, and its connection is not reused', async function (t) {
     const { provider, table } = await setup(t)
@@ -424,6 +457,15 @@ t.test('with PostgreSQL', async function (t) {
     const missing = 'nope_' + randomBytes(6).toString('hex')
     await t.rejects(createPostgresProvider({ pool, tableName: `${missing}.sessions` }), { code: '3F000' }, 'a missing schema is not created')
     await t.rejects(createPostgresProvider({ pool, tableName: `${missing}.sessions`, createTable: false }), { code: 'FST_SESSION_MISSING_TABLE' })
+  })
+
+  t.test('a table of that name without this provider\'s columns fails startup with FST_SESSION_INVALID_TABLE, and is left as it was', async function (t) {
+    const table = randomTable()
+    dropAfter(t, table)
+    await pool.query(`CREATE TABLE ${table} (sid text PRIMARY KEY, sess json NOT NULL, expire timestamp NOT NULL)`)
+    await pool.query(`INSERT INTO ${table} VALUES ('a', '{}', now())`)
+    await t.rejects(createPostgresProvider({ pool, tableName: table }), { code: 'FST_SESSION_INVALID_TABLE', message: new RegExp(`${table}.*column`) })
+    t.same((await pool.query(`SELECT sid FROM ${table}`)).rows, [{ sid: 'a' }])
   })
 
   t.test('createTable: false', async function (t) {

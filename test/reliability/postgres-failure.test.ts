@@ -111,6 +111,17 @@ t.test('with PostgreSQL', async (t) => {
     t.same(uncaught, [], 'no uncaught exception')
   })
 
+  t.test('a connection lost while startup checks the table\'s columns fails startup with that failure', async (t) => {
+    const proxy = await startProxy(t, DATABASE_URL, 5432)
+    const tableName = table()
+    dropAfter(tableName)
+    await (await createPostgresProvider({ connectionString: DATABASE_URL, tableName })).close()
+    proxy.cutOn = 'LIMIT 0'
+    const err = await createPostgresProvider({ connectionString: proxy.url(DATABASE_URL), tableName }).catch((err: unknown) => err)
+    t.type(err, Error)
+    t.not((err as { code?: unknown }).code, 'FST_SESSION_INVALID_TABLE', 'not taken for a table of another shape')
+  })
+
   t.test('connections that stop answering are dropped after queryTimeout, so the pool recovers and close() ends', async (t) => {
     const proxy = await startProxy(t, DATABASE_URL, 5432)
     const tableName = table()
