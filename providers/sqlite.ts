@@ -176,6 +176,16 @@ export class SqliteProvider implements SessionProvider {
         this.db.pragma('synchronous = NORMAL')
       }
       const t = table.quoted
+      if (this.db.prepare("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ? COLLATE NOCASE").get(table.table) !== undefined) {
+        // a table of that name made for something else would fail every request
+        try {
+          this.db.prepare(`SELECT key, data, user_id, created_at, last_seen_at, expires_at FROM ${t} LIMIT 0`)
+        } catch (err) {
+          throw new FST_SESSION_INVALID_TABLE(t, `it exists without this provider's columns (${(err as Error).message})`)
+        }
+      } else if (!createTable) {
+        throw new FST_SESSION_MISSING_TABLE(t)
+      }
       if (createTable) {
         this.db.exec(`
           CREATE TABLE IF NOT EXISTS ${t} (
@@ -189,8 +199,6 @@ export class SqliteProvider implements SessionProvider {
           CREATE INDEX IF NOT EXISTS "${table.table}_expires_at_idx" ON ${t} (expires_at);
           CREATE INDEX IF NOT EXISTS "${table.table}_user_id_idx" ON ${t} (user_id) WHERE user_id IS NOT NULL;
         `)
-      } else if (this.db.prepare("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ? COLLATE NOCASE").get(table.table) === undefined) {
-        throw new FST_SESSION_MISSING_TABLE(t)
       }
 
       // An application's database may hand out BigInts by default; deadlines are compared as numbers

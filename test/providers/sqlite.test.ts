@@ -608,10 +608,14 @@ t.test('createTable', async (t) => {
     t.equal(connect(t, filename).prepare('SELECT count(*) FROM sqlite_schema').pluck().get(), 0, 'which gets no table either')
   })
 
-  t.test('false with a table of another shape fails at creation', async (t) => {
+  t.test('a table of another shape fails creation with FST_SESSION_INVALID_TABLE, and is left as it was', async (t) => {
     const filename = newFile()
-    connect(t, filename).exec('CREATE TABLE sessions (id INTEGER PRIMARY KEY)')
-    t.throws(() => new SqliteProvider({ filename, createTable: false }), /no such column/, 'names the problem')
+    connect(t, filename).exec('CREATE TABLE sessions (id INTEGER PRIMARY KEY); INSERT INTO sessions VALUES (7)')
+    for (const createTable of [false, true]) {
+      t.throws(() => new SqliteProvider({ filename, createTable }), { code: 'FST_SESSION_INVALID_TABLE', message: /no such column/ }, `createTable: ${createTable}`)
+    }
+    t.same(connect(t, filename).prepare('SELECT id FROM sessions').pluck().all(), [7])
+    t.equal(connect(t, filename).prepare("SELECT count(*) FROM sqlite_schema WHERE type = 'index' AND name LIKE 'sessions%'").pluck().get(), 0, 'no index added')
   })
 })
 
