@@ -42,7 +42,8 @@ export class SessionManager {
   readonly options: ResolvedOptions
   readonly #signer: CookieSigner
   readonly #writer: CookieWriter
-  readonly #handleKey: Buffer
+  /** One per secret, the first making handles: while secrets rotate, instances on either list must understand each other's. */
+  readonly #handleKeys: Buffer[]
   readonly #cookies: VerifiedCookies
   /** The store behind a stateful provider; `null` when sessions live in the cookie. */
   readonly #store: SessionProvider | null
@@ -56,7 +57,7 @@ export class SessionManager {
     this.options = options
     this.#signer = new CookieSigner(options.secrets)
     this.#writer = new CookieWriter(options.cookieName, options.cookie)
-    this.#handleKey = createHash('sha256').update('fastify-sessions handle\0' + options.secrets[0]).digest()
+    this.#handleKeys = options.secrets.map((secret) => createHash('sha256').update('fastify-sessions handle\0' + secret).digest())
     this.#cookies = new VerifiedCookies(this.#signer, VERIFIED_COOKIES)
   }
 
@@ -137,8 +138,8 @@ export class SessionManager {
   }
 
   /** @internal */
-  handleOf (key: string): string {
-    return createHmac('sha256', this.#handleKey).update(key).digest('base64url').slice(0, HANDLE_LENGTH)
+  handleOf (key: string, handleKey = this.#handleKeys[0]): string {
+    return createHmac('sha256', handleKey).update(key).digest('base64url').slice(0, HANDLE_LENGTH)
   }
 
   /**
@@ -453,7 +454,8 @@ export class SessionManager {
     const records = await this.#call(() => listByUser.call(this.provider, user, []))
     const now = Date.now()
     // as listUserSessions, which hands out the handles, sees the sessions
-    return records.find((record) => this.#live(record, now) && this.handleOf(record.key) === handle)?.key
+    return records.find((record) => this.#live(record, now) &&
+      this.#handleKeys.some((handleKey) => this.handleOf(record.key, handleKey) === handle))?.key
   }
 
   /**

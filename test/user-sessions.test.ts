@@ -3,6 +3,7 @@ import { sign } from '@fastify/cookie'
 import type { SessionProvider } from '../lib/provider.js'
 import { build, cookieHeader, sessionCookie, SECRET } from './fixtures/app.js'
 import { AsyncMemoryProvider, FailingProvider } from './fixtures/providers.js'
+import { MemoryProvider } from '../providers/memory.js'
 
 const json = { 'content-type': 'application/json' }
 
@@ -121,6 +122,28 @@ t.test('destroyUserSession ends one listed session, only for its own user', asyn
   t.equal(await app.sessions.destroyUserSession('bob', bobHandle), true)
   t.equal(await app.sessions.destroyUserSession('bob', bobHandle), false)
   t.equal(await app.sessions.destroyUserSession('bob', 42 as unknown as string), false, 'a malformed handle is false')
+})
+
+t.test('while a secret rotates, a handle listed by an instance still on the old secret names its session on one already on the new', async (t) => {
+  const store = new MemoryProvider()
+  const NEW = 'n'.repeat(32)
+  const old = await appWithUserRoutes(t, { provider: store })
+  const rotated = await appWithUserRoutes(t, { provider: store, secret: [NEW, SECRET] })
+  const keep = await loginAs(old, 'ada', 'keep')
+  const drop = await loginAs(old, 'ada', 'drop')
+  const listed = (await old.inject({ url: '/mine', headers: cookieHeader(keep) })).json()
+  const dropHandle = listed.sessions.find((s: { info: { agent: string } }) => s.info.agent === 'drop').handle
+  t.equal(await rotated.sessions.destroyUserSessions('ada', { except: listed.handle }), 1, 'except spares the session its old handle names')
+  t.same((await rotated.inject({ url: '/get/userId', headers: cookieHeader(keep) })).json(), { value: 'ada' })
+  t.same((await old.inject({ url: '/get/userId', headers: cookieHeader(drop) })).json(), { value: null })
+  const again = await loginAs(old, 'ada', 'again')
+  const againHandle = (await old.inject({ url: '/mine', headers: cookieHeader(again) })).json().handle
+  t.equal(await rotated.sessions.destroyUserSession('ada', againHandle), true, 'and destroyUserSession ends it')
+  t.equal(await rotated.sessions.destroyUserSession('ada', dropHandle), false, 'a handle of a session already ended names nothing')
+  t.equal((await rotated.sessions.listUserSessions('ada')).length, 1)
+  const newHandle = (await rotated.sessions.listUserSessions('ada'))[0].handle
+  t.not(newHandle, listed.handle, 'the rotated instance hands out handles under the new secret')
+  t.equal(await old.sessions.destroyUserSession('ada', newHandle), false, 'which an instance that does not know it cannot match')
 })
 
 t.test('destroyUserSession does not end a session that changed hands after it was listed', async (t) => {
