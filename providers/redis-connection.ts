@@ -338,6 +338,13 @@ export class RedisConnection {
       else pending.resolve(reply)
       // a refused handshake has just replaced the connection
       if (this.#socket !== socket) return
+      // A primary demoted by a failover refuses every write on this connection
+      // for good; a new one, through a name or proxy that follows the
+      // failover, reaches the new primary.
+      if (reply instanceof RedisReplyError && reply.message.startsWith('READONLY')) {
+        this.#lost(failure(`Redis connection dropped: the server became a read-only replica (${reply.message})`))
+        return
+      }
     }
     if (at === buffer.length) {
       this.#unparsed = null

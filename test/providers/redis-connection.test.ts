@@ -116,6 +116,26 @@ t.test('a reply nobody asked for drops the connection', async (t) => {
   t.equal(server.connections, 2)
 })
 
+t.test('a READONLY reply (a primary turned replica by a failover) fails its call and drops the connection, so the next call can reach the new primary', async (t) => {
+  const server = await scripted(t, ['+OK\r\n', '-READONLY You can\'t write against a read only replica.\r\n', '+written\r\n'])
+  const redis = open(t, server.url)
+  t.equal(await redis.send(['X']), 'OK')
+  const refused = await redis.send(['HSET', 'k', 'f', 'v']).catch((err: unknown) => err)
+  t.type(refused, RedisReplyError, 'the call gets the reply itself')
+  t.match((refused as Error).message, /^READONLY/)
+  t.equal(redis.status, 'wait')
+  t.equal(await redis.send(['HSET', 'k', 'f', 'v']), 'written')
+  t.equal(server.connections, 2)
+})
+
+t.test('other error replies leave the connection as it is', async (t) => {
+  const server = await scripted(t, ['-ERR wrong number of arguments\r\n', '+fine\r\n'])
+  const redis = open(t, server.url)
+  await t.rejects(redis.send(['X']), /^ERR wrong number/)
+  t.equal(await redis.send(['X']), 'fine')
+  t.equal(server.connections, 1)
+})
+
 t.test('a connection the server closes: calls in flight fail, the next call connects again', async (t) => {
   const server = await scripted(t, ['+OK\r\n', (socket) => socket.end(), '+again\r\n'])
   const redis = open(t, server.url)
