@@ -403,14 +403,20 @@ export class PostgresProvider implements SessionProvider {
    */
   private checkOut (): Promise<PoolClient> {
     return new Promise((resolve, reject) => {
-      this.pool.connect((err, client) => {
+      let answered = false
+      const take = (err: Error | undefined | null, client?: PoolClient): void => {
+        if (answered) return
+        answered = true
         if (err !== undefined && err !== null) {
           reject(err)
           return
         }
         (client as PoolClient).on('error', dropConnectionError)
         resolve(client as PoolClient)
-      })
+      }
+      const returned = this.pool.connect(take) as unknown as PromiseLike<PoolClient> | undefined
+      // a pg-compatible pool (a wrapper) may answer with a promise instead, or as well
+      if (typeof returned?.then === 'function') returned.then((client) => take(undefined, client), take)
     })
   }
 
@@ -528,8 +534,8 @@ function toSession (row: SessionRow): StoredSession {
 /** PostgreSQL's SQLSTATE for a column that does not exist. */
 const UNDEFINED_COLUMN = '42703'
 
-/** The advisory lock keyed by the first 64 bits of SHA-256 of `$1` and the oid of the table `$2` names. */
-const USER_LOCK = "SELECT pg_advisory_xact_lock(('x' || encode(substr(sha256(convert_to($1 || to_regclass($2)::oid::text, 'UTF8')), 1, 8), 'hex'))::bit(64)::bigint)"
+/** The advisory lock keyed by the first 64 bits of SHA-256 of `$1` and the oid of the table `$2` names (an error if it names none). */
+const USER_LOCK = "SELECT pg_advisory_xact_lock(('x' || encode(substr(sha256(convert_to($1 || $2::regclass::oid::text, 'UTF8')), 1, 8), 'hex'))::bit(64)::bigint)"
 
 /**
  * A `bigint` advisory lock key for one purpose on one table, as decimal text.

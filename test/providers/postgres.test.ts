@@ -370,6 +370,32 @@ t.test('with PostgreSQL', async function (t) {
     })
   }
 
+  t.test('a pg-compatible pool whose connect() answers with a promise, instead of the callback or as well', async function (t) {
+    const real = new pg.Pool({ connectionString: DATABASE_URL, max: 2 })
+    t.teardown(() => real.end())
+    const wrappers = {
+      'a promise only': { connect: () => real.connect() },
+      both: {
+        connect (callback: (err: Error | undefined, client?: pg.PoolClient) => void) {
+          const connected = real.connect()
+          connected.then((client) => callback(undefined, client), callback)
+          return connected
+        }
+      }
+    }
+    for (const [name, wrapper] of Object.entries(wrappers)) {
+      const pool = { query: real.query.bind(real), ...wrapper } as unknown as pg.Pool
+      const { provider } = await setup(t, { pool })
+      const before = storeKey()
+      const after = storeKey()
+      await provider.create(before, newSession({ n: 1 }, { user: 'u' }))
+      t.equal(await provider.create(after, newSession({ n: 1 }, { user: 'u' }), before), true, `${name}: a regenerate`)
+      t.equal(await provider.destroyByUser('u'), 1, `${name}: ending a user's sessions`)
+      t.equal(await provider.gc(), 0, `${name}: a sweep`)
+      t.equal(real.idleCount, real.totalCount, `${name}: every connection went back to the pool`)
+    }
+  })
+
   t.test('a failing delete of a user\'s sessions rejects, and its connection is not reused', async function (t) {
     const { provider, table } = await setup(t)
     await provider.create(storeKey(), newSession({ n: 1 }, { user: 'u' }))
