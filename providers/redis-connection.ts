@@ -15,6 +15,15 @@ import { createHash } from 'node:crypto'
  */
 
 /** An error reply from Redis (`-ERR ...`, `-NOSCRIPT ...`). */
+/**
+ * Whether an error reply says the server is a read-only replica: `READONLY …`
+ * from Redis 7 on, for a script's write too; before 7, inside the error of
+ * the script that tried to write (`ERR Error running script … -READONLY …`).
+ */
+function isReadOnly (message: string): boolean {
+  return message.startsWith('READONLY') || message.includes('-READONLY ')
+}
+
 export class RedisReplyError extends Error {
   override name = 'RedisReplyError'
 }
@@ -316,6 +325,7 @@ export class RedisConnection {
       buffer = Buffer.concat(this.#unparsed, this.#unparsedLength)
     }
     let at = 0
+    let demoted: string | null = null
     while (at < buffer.length) {
       let reply: Reply | typeof INCOMPLETE
       try {
@@ -331,20 +341,22 @@ export class RedisConnection {
         this.#lost(failure('Redis connection lost: Redis sent a reply nobody asked for'))
         return
       }
+      const readOnly = reply instanceof RedisReplyError && isReadOnly(reply.message)
+      if (readOnly) demoted = (reply as RedisReplyError).message
       // an error can be the server turning the connection away (at its client
       // limit, it answers the first command so and hangs up): no proof yet
-      if (this.status === 'connecting' && !this.#handshaking && !(reply instanceof RedisReplyError)) this.#proven()
+      if (this.status === 'connecting' && !this.#handshaking && (!(reply instanceof RedisReplyError) || readOnly)) this.#proven()
       if (reply instanceof RedisReplyError) pending.reject(reply)
       else pending.resolve(reply)
       // a refused handshake has just replaced the connection
       if (this.#socket !== socket) return
-      // A primary demoted by a failover refuses every write on this connection
-      // for good; a new one, through a name or proxy that follows the
-      // failover, reaches the new primary.
-      if (reply instanceof RedisReplyError && reply.message.startsWith('READONLY')) {
-        this.#lost(failure(`Redis connection dropped: the server became a read-only replica (${reply.message})`))
-        return
-      }
+    }
+    // A primary demoted by a failover refuses every write on this connection
+    // for good; a new one, through a name or proxy that follows the failover,
+    // reaches the new primary. The replies read so far have been delivered.
+    if (demoted !== null) {
+      this.#lost(failure(`Redis connection dropped: the server became a read-only replica (${demoted})`))
+      return
     }
     if (at === buffer.length) {
       this.#unparsed = null

@@ -128,6 +128,26 @@ t.test('a READONLY reply (a primary turned replica by a failover) fails its call
   t.equal(server.connections, 2)
 })
 
+t.test('replies that came with a READONLY are delivered, only unanswered calls fail, and a first reply READONLY is no failed attempt', async (t) => {
+  const readOnly = '-READONLY You can\'t write against a read only replica.\r\n'
+  const server = await scripted(t, [
+    '+OK\r\n',
+    (socket) => { socket.write('$1\r\na\r\n' + readOnly + '$1\r\nb\r\n$5\r\nhal') },
+    // Redis before 7: the script's error carries it
+    '-ERR Error running script (call to f_0123): @user_script:1: @user_script: 1: -READONLY You can\'t write against a read only replica.\r\n',
+    '+read\r\n'
+  ])
+  const redis = open(t, server.url)
+  t.equal(await redis.send(['X']), 'OK')
+  const calls = [redis.send(['GET', 'a']), redis.send(['HSET', 'k', 'f', 'v']), redis.send(['GET', 'b']), redis.send(['GET', 'c'])]
+  const settled = await Promise.allSettled(calls)
+  t.same(settled.map((s) => s.status === 'fulfilled' ? s.value : (s.reason as Error).message.slice(0, 30)), ['a', 'READONLY You can\'t write again', 'b', 'Redis connection dropped: the '])
+  await t.rejects(redis.send(['EVALSHA']), /-READONLY/)
+  t.equal(redis.status, 'wait')
+  t.equal(await redis.send(['GET', 'a']), 'read', 'the next call connects at once: a READONLY is an answer, not a failed attempt')
+  t.equal(server.connections, 3)
+})
+
 t.test('other error replies leave the connection as it is', async (t) => {
   const server = await scripted(t, ['-ERR wrong number of arguments\r\n', '+fine\r\n'])
   const redis = open(t, server.url)
