@@ -43,7 +43,7 @@ export const FST_SESSION_UNSUPPORTED: CodedError<[string, string]> = createError
   'FST_SESSION_UNSUPPORTED', 'The session provider does not support %s: %s', 500)
 
 export const FST_SESSION_INVALID_TABLE: CodedError<[string, string]> = createError(
-  'FST_SESSION_INVALID_TABLE', 'Invalid session table name %s: %s', 500, TypeError)
+  'FST_SESSION_INVALID_TABLE', 'Invalid session table %s: %s', 500, TypeError)
 
 export const FST_SESSION_MISSING_TABLE: CodedError<[string]> = createError(
   'FST_SESSION_MISSING_TABLE', 'The session table %s does not exist and createTable is false', 500)

@@ -454,8 +454,12 @@ export class SessionManager {
     const records = await this.#call(() => listByUser.call(this.provider, user, []))
     const now = Date.now()
     // as listUserSessions, which hands out the handles, sees the sessions
-    return records.find((record) => this.#live(record, now) &&
-      this.#handleKeys.some((handleKey) => this.handleOf(record.key, handleKey) === handle))?.key
+    // the current secret first: a handle made under an older one is the exception
+    for (const handleKey of this.#handleKeys) {
+      const found = records.find((record) => this.#live(record, now) && this.handleOf(record.key, handleKey) === handle)
+      if (found !== undefined) return found.key
+    }
+    return undefined
   }
 
   /**
