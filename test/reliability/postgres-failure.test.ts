@@ -1,7 +1,7 @@
 // The store failure policy against a real PostgreSQL: a refused connection
 // and an exhausted pool each answer 503 FST_SESSION_STORE_UNAVAILABLE within
 // storeTimeout, and the same app serves again once the database is back.
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { randomBytes } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import pg from 'pg'
@@ -20,6 +20,15 @@ async function timed (app: FastifyInstance, request: InjectOptions): Promise<{ r
   const started = performance.now()
   const res = await app.inject(request)
   return { res, ms: performance.now() - started }
+}
+
+/** The exceptions nobody caught while `t` runs: an 'error' event without a listener lands there. */
+function uncaughtDuring (t: Test): unknown[] {
+  const uncaught: unknown[] = []
+  const onUncaught = (err: unknown): void => { uncaught.push(err) }
+  process.on('uncaughtException', onUncaught)
+  t.teardown(() => process.off('uncaughtException', onUncaught))
+  return uncaught
 }
 
 function table (): string {
@@ -64,10 +73,7 @@ t.test('with PostgreSQL', async (t) => {
   })
 
   t.test('a connection reset while the provider holds a pooled connection fails that call, and only that call: the process goes on', async (t) => {
-    const uncaught: unknown[] = []
-    const onUncaught = (err: unknown): void => { uncaught.push(err) }
-    process.on('uncaughtException', onUncaught)
-    t.teardown(() => process.off('uncaughtException', onUncaught))
+    const uncaught = uncaughtDuring(t)
     const proxy = await startProxy(t, DATABASE_URL, 5432)
     const tableName = table()
     dropAfter(tableName)
@@ -89,10 +95,7 @@ t.test('with PostgreSQL', async (t) => {
   })
 
   t.test('a backend terminated just as the pool hands its connection over fails that call only: the process goes on', async (t) => {
-    const uncaught: unknown[] = []
-    const onUncaught = (err: unknown): void => { uncaught.push(err) }
-    process.on('uncaughtException', onUncaught)
-    t.teardown(() => process.off('uncaughtException', onUncaught))
+    const uncaught = uncaughtDuring(t)
     const proxy = await startProxy(t, DATABASE_URL, 5432)
     // a pool with no connection yet: the sweep's connection is made, and killed, as it is handed over
     const pool = new pg.Pool({ connectionString: proxy.url(DATABASE_URL) })
