@@ -15,6 +15,10 @@ import { createHash } from 'node:crypto'
  */
 
 /** An error reply from Redis (`-ERR ...`, `-NOSCRIPT ...`). */
+export class RedisReplyError extends Error {
+  override name = 'RedisReplyError'
+}
+
 /**
  * Whether an error reply says the server is a read-only replica: `READONLY …`
  * from Redis 7 on, for a script's write too; before 7, inside the error of
@@ -22,10 +26,6 @@ import { createHash } from 'node:crypto'
  */
 function isReadOnly (message: string): boolean {
   return message.startsWith('READONLY') || message.includes('-READONLY ')
-}
-
-export class RedisReplyError extends Error {
-  override name = 'RedisReplyError'
 }
 
 /** A RESP2 reply: status and bulk strings, integers, nil, arrays, and errors inside arrays. */
@@ -341,11 +341,11 @@ export class RedisConnection {
         this.#lost(failure('Redis connection lost: Redis sent a reply nobody asked for'))
         return
       }
-      const readOnly = reply instanceof RedisReplyError && isReadOnly(reply.message)
-      if (readOnly) demoted = (reply as RedisReplyError).message
+      if (reply instanceof RedisReplyError && isReadOnly(reply.message)) demoted = reply.message
       // an error can be the server turning the connection away (at its client
-      // limit, it answers the first command so and hangs up): no proof yet
-      if (this.status === 'connecting' && !this.#handshaking && (!(reply instanceof RedisReplyError) || readOnly)) this.#proven()
+      // limit, it answers the first command so and hangs up): no proof yet,
+      // unless it says the server is a replica, which is an answer
+      if (this.status === 'connecting' && !this.#handshaking && (!(reply instanceof RedisReplyError) || demoted !== null)) this.#proven()
       if (reply instanceof RedisReplyError) pending.reject(reply)
       else pending.resolve(reply)
       // a refused handshake has just replaced the connection
