@@ -164,9 +164,10 @@ export function findCookie<T> (header: string, name: string, accept: (value: str
     const raw = header.slice(from + 1, end).trim()
     from = end
     if (raw.length === 0 || raw.length > MAX_COOKIE_LENGTH) continue
+    // counted before decoding: a header of broken escapes must not buy unbounded work
+    tries++
     const value = decode(raw)
     if (value === null) continue
-    tries++
     const result = accept(value)
     if (result !== null) {
       lastFound.end = from
@@ -186,18 +187,37 @@ function atCookieStart (header: string, at: number): boolean {
   return true
 }
 
-/** Undoes the quoting and percent-encoding other cookie writers apply; `null` when the encoding is broken. */
+/**
+ * Undoes the quoting and percent-encoding other cookie writers apply; `null`
+ * when the value cannot be one of ours. Ours are ASCII, so an escape of any
+ * other byte, like a broken one, ends the look at once: `decodeURIComponent`
+ * would throw for it, a stack trace each time.
+ */
 function decode (raw: string): string | null {
   let value = raw
   if (value.length > 1 && value.charCodeAt(0) === 34 && value.charCodeAt(value.length - 1) === 34) {
     value = value.slice(1, -1)
   }
-  if (!value.includes('%')) return value
-  try {
-    return decodeURIComponent(value)
-  } catch {
-    return null
+  let escape = value.indexOf('%')
+  if (escape === -1) return value
+  let decoded = ''
+  let from = 0
+  while (escape !== -1) {
+    const byte = hexDigit(value.charCodeAt(escape + 1)) * 16 + hexDigit(value.charCodeAt(escape + 2))
+    if (!(byte < 0x80)) return null
+    decoded += value.slice(from, escape) + String.fromCharCode(byte)
+    from = escape + 3
+    escape = value.indexOf('%', from)
   }
+  return decoded + value.slice(from)
+}
+
+/** The value of a hexadecimal digit's character code; NaN for anything else (a missing character included). */
+function hexDigit (code: number): number {
+  if (code >= 48 && code <= 57) return code - 48
+  const lower = code | 0x20
+  if (lower >= 97 && lower <= 102) return lower - 87
+  return NaN
 }
 
 /** The attributes of the session cookie, as the plugin options give them. */

@@ -77,8 +77,22 @@ t.test('findCookie tries a bounded number of values of the name, so a stuffed he
   t.equal(tries, MAX_SAME_NAME_COOKIES)
   tries = 0
   const fewer = Array.from({ length: MAX_SAME_NAME_COOKIES - 1 }, (_, i) => `sid=bad${i}`).join('; ')
-  t.equal(findCookie(`other=1; ${fewer}; sid=; sid=%zz; sid=good`, 'sid', accept), 'good', 'empty and undecodable values do not count')
+  t.equal(findCookie(`other=1; ${fewer}; sid=; sid=good`, 'sid', accept), 'good', 'empty values do not count')
   t.equal(tries, MAX_SAME_NAME_COOKIES)
+  tries = 0
+  const broken = Array(MAX_SAME_NAME_COOKIES).fill('sid=%').join('; ')
+  t.equal(findCookie(`${broken}; sid=good`, 'sid', accept), null, 'undecodable values count, though never handed on')
+  t.equal(tries, 0)
+})
+
+t.test('findCookie undoes percent-escapes of ASCII and passes over any other escape', async (t) => {
+  const accept = (value: string): string => value
+  t.equal(findCookie('sid=a%2Bb%2fc%3D', 'sid', accept), 'a+b/c=', 'upper and lower case hex')
+  t.equal(findCookie('sid=%41', 'sid', accept), 'A', 'an escape alone')
+  t.equal(findCookie('sid="%41%42"', 'sid', accept), 'AB', 'inside quotes')
+  for (const value of ['%', '%4', 'a%', '%zz', '%4g', '%g4', '%C3%A9', '%80', '%FF', '%%41']) {
+    t.equal(findCookie(`sid=${value}; sid=next`, 'sid', accept), 'next', `${value} is not ours`)
+  }
 })
 
 t.test('verified cookies are remembered up to a capacity, oldest out first, and failures never', async (t) => {
