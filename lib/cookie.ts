@@ -261,11 +261,11 @@ export class CookieWriter {
   /**
    * Whether the cookie carries Secure on this request. Only `'auto'` reads
    * the protocol: Fastify works it out on each read, from the socket and,
-   * behind a trusted proxy, the forwarded headers.
+   * behind a trusted proxy, the forwarded headers, whose case it keeps.
    */
   isSecure (request: { readonly protocol: string }): boolean {
     const { secure } = this.attributes
-    return secure === 'auto' ? request.protocol === 'https' : secure
+    return secure === 'auto' ? String(request.protocol).toLowerCase() === 'https' : secure
   }
 
   serialize (value: string, secure: boolean): string {

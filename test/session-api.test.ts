@@ -375,6 +375,8 @@ t.test("secure: 'auto' sets Secure behind a trusted proxy that says https", asyn
   const app = await build(t, {}, { trustProxy: true })
   const https = await app.inject({ method: 'POST', url: '/set/a', payload: '1', headers: { ...json, 'x-forwarded-proto': 'https' } })
   t.match(setCookies(https)[0], /; Secure$/)
+  const upper = await app.inject({ method: 'POST', url: '/set/a', payload: '1', headers: { ...json, 'x-forwarded-proto': 'HTTPS' } })
+  t.match(setCookies(upper)[0], /; Secure$/, 'the scheme in any case')
   const http = await app.inject({ method: 'POST', url: '/set/a', payload: '1', headers: json })
   t.notMatch(setCookies(http)[0], /Secure/)
   const untrusted = await build(t)
