@@ -38,8 +38,8 @@ const HANDLE_LENGTH = 22
 export class SessionManager {
   /** The live provider instance; it may be handed to another app as its `provider`. */
   readonly provider: SessionProvider | StatelessSessionProvider
-  /** @internal */
-  readonly options: ResolvedOptions
+  /** @internal The resolved options but the secrets, which only the signer and the handle keys hold. */
+  readonly options: Omit<ResolvedOptions, 'secrets'>
   readonly #signer: CookieSigner
   readonly #writer: CookieWriter
   /** One per secret, the first making handles: while secrets rotate, instances on either list must understand each other's. */
@@ -54,10 +54,12 @@ export class SessionManager {
     this.provider = provider
     this.#store = isStateless(provider) ? null : provider
     this.#sealer = isStateless(provider) ? provider : null
-    this.options = options
-    this.#signer = new CookieSigner(options.secrets)
+    // `fastify.sessions` is a public object: logged or serialised, it must not show the secrets
+    const { secrets, ...rest } = options
+    this.options = rest
+    this.#signer = new CookieSigner(secrets)
     this.#writer = new CookieWriter(options.cookieName, options.cookie)
-    this.#handleKeys = options.secrets.map((secret) => createHash('sha256').update('fastify-sessions handle\0' + secret).digest())
+    this.#handleKeys = secrets.map((secret) => createHash('sha256').update('fastify-sessions handle\0' + secret).digest())
     this.#cookies = new VerifiedCookies(this.#signer, VERIFIED_COOKIES)
   }
 

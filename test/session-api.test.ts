@@ -1,4 +1,5 @@
 import t from 'tap'
+import { inspect } from 'node:util'
 import Fastify from 'fastify'
 import fastifyCookie from '@fastify/cookie'
 import sessions from '../index.js'
@@ -427,6 +428,16 @@ t.test('fastify.sessions exposes the provider, destroy(id) and gc()', async (t) 
   t.equal(await app.sessions.gc(), 1)
   t.equal(provider.size, 0)
   t.ok(sessionCookie(b))
+})
+
+t.test('fastify.sessions, logged or serialised, shows no secret', async (t) => {
+  const app = await build(t, { secret: [SECRET, OLD_SECRET] })
+  const shown = [JSON.stringify(app.sessions), inspect(app.sessions, { depth: 20 })]
+  for (const text of shown) {
+    t.notMatch(text, SECRET)
+    t.notMatch(text, OLD_SECRET)
+  }
+  t.match(shown[0], /"cookieName":"sessionid"/, 'the rest of the options still shows')
 })
 
 t.test('the sweep timer runs gc() every gcInterval and stops when Fastify closes', async (t) => {
