@@ -1,7 +1,8 @@
 import { Readable } from 'node:stream'
-import fastifyCookie from '@fastify/cookie'
+import fastifyCookie, { type FastifyCookieOptions } from '@fastify/cookie'
 import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyReply, FastifyRequest, HookHandlerDoneFunction } from 'fastify'
+import { decodeCookieValue } from './cookie.js'
 import { FST_SESSION_INVALID_OPTION, FST_SESSION_INVALID_PROVIDER, FST_SESSION_STORE_UNAVAILABLE } from './errors.js'
 import { isStoreFailure, SessionManager } from './manager.js'
 import { resolveOptions, type SessionPluginOptions } from './options.js'
@@ -96,7 +97,10 @@ async function fastifySessions (fastify: FastifyInstance, options: SessionPlugin
     fastify.decorate('sessions', manager)
     // another session plugin (or this one, twice) has it already
     fastify.decorateRequest('session', null as unknown as Session)
-    if (!fastify.hasPlugin('@fastify/cookie')) await fastify.register(fastifyCookie)
+    if (!fastify.hasPlugin('@fastify/cookie')) {
+      // parseOptions go to the parser (its documented `decode` included), though typed as serialise options
+      await fastify.register(fastifyCookie, { parseOptions: { decode: decodeCookieValue } as FastifyCookieOptions['parseOptions'] })
+    }
   } catch (err) {
     // the provider made for this registration would outlive it: a pool, a file
     if (owned) await provider.close?.()

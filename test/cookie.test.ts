@@ -1,9 +1,10 @@
 import t from 'tap'
+import fc from 'fast-check'
 import { createHmac } from 'node:crypto'
 import { setFlagsFromString } from 'node:v8'
 import { runInNewContext } from 'node:vm'
 import { sign, unsign } from '@fastify/cookie'
-import { CookieSigner, findCookie, lastFound, MAX_SAME_NAME_COOKIES, VerifiedCookies } from '../lib/cookie.js'
+import { CookieSigner, decodeCookieValue, findCookie, lastFound, MAX_SAME_NAME_COOKIES, VerifiedCookies } from '../lib/cookie.js'
 import { generateId, isWellFormedId, storeKey } from '../lib/id.js'
 import { SECRET, OLD_SECRET } from './fixtures/app.js'
 
@@ -93,6 +94,28 @@ t.test('findCookie undoes percent-escapes of ASCII and passes over any other esc
   for (const value of ['%', '%4', 'a%', '%zz', '%4g', '%g4', '%C3%A9', '%80', '%FF', '%%41']) {
     t.equal(findCookie(`sid=${value}; sid=next`, 'sid', accept), 'next', `${value} is not ours`)
   }
+})
+
+t.test('decodeCookieValue answers what decodeURIComponent does, or the value where that throws', async (t) => {
+  const reference = (value: string): string => {
+    try {
+      return decodeURIComponent(value)
+    } catch {
+      return value
+    }
+  }
+  // escapes of every kind: ASCII, UTF-8 lead and continuation bytes, surrogates, overlong forms, broken ones
+  const piece = fc.oneof(
+    fc.constantFrom('a', '%', '%4', '%g1', '%41', '%7F', '%80', '%BF', '%C0%AF', '%C3', '%A9', '%E2%82%AC', '%ED%A0%80', '%F0%9F%98%80', '%F4%90%80%80', '%FF', 'é', '😀'),
+    fc.integer({ min: 0, max: 255 }).map((byte) => '%' + byte.toString(16).padStart(2, '0')),
+    fc.string({ maxLength: 3 })
+  )
+  fc.assert(fc.property(fc.array(piece, { maxLength: 12 }), (pieces) => {
+    const value = pieces.join('')
+    return decodeCookieValue(value) === reference(value)
+  }), { numRuns: 20_000, seed: 1 })
+  t.equal(decodeCookieValue('%e2%82%ac%41x'), '€Ax')
+  t.equal(decodeCookieValue('%C3%A9%'), '%C3%A9%')
 })
 
 t.test('verified cookies are remembered up to a capacity, oldest out first, and failures never', async (t) => {

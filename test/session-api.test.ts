@@ -407,6 +407,28 @@ t.test('without @fastify/cookie the plugin registers it', async (t) => {
   app.get('/cookies', async (request) => request.cookies)
   const res = await app.inject({ url: '/cookies', headers: { cookie: 'a=1' } })
   t.same(res.json(), { a: '1' })
+  // as its parser decodes by default: what decodeURIComponent makes of a value, else the value as sent
+  const odd = await app.inject({ url: '/cookies', headers: { cookie: 'b=%41%42; c=%; d=%C3%A9; e=%FF; f=%E2%82' } })
+  t.same(odd.json(), { b: 'AB', c: '%', d: 'é', e: '%FF', f: '%E2%82' })
+  // without a throw, though: each costs microseconds, and a header can hold thousands
+  const original = globalThis.decodeURIComponent
+  let throws = 0
+  globalThis.decodeURIComponent = (value) => {
+    try {
+      return original(value)
+    } catch (err) {
+      throws++
+      throw err
+    }
+  }
+  let status = 0
+  try {
+    status = (await app.inject({ url: '/cookies', headers: { cookie: Array.from({ length: 2000 }, (_, i) => `a${i}=%`).join('; ') } })).statusCode
+  } finally {
+    globalThis.decodeURIComponent = original
+  }
+  t.equal(status, 200)
+  t.equal(throws, 0)
 })
 
 t.test('fastify.sessions exposes the provider, destroy(id) and gc()', async (t) => {
