@@ -1,4 +1,4 @@
-import { FST_SESSION_INVALID_OPTION } from './errors.js'
+import { FST_SESSION_INVALID_OPTION, FST_SESSION_PROVIDER_OPTION } from './errors.js'
 import type { CookieAttributes } from './cookie.js'
 import type { SessionProvider, StatelessSessionProvider } from './provider.js'
 import type { SessionProviders } from './registry.js'
@@ -136,6 +136,52 @@ const MAX_TIMER_MS = 2 ** 31 - 1
 const COOKIE_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/
 const COOKIE_ATTRIBUTE = /^[\u0021-\u003A\u003C-\u007E]+$/
 
+/** What `register` takes: the plugin's own options, and those Fastify reads from every plugin's. */
+const PLUGIN_OPTIONS = [
+  'secret', 'cookieName', 'cookie', 'maxLifetime', 'absoluteLifetime', 'gcInterval', 'touchAfter', 'storeTimeout',
+  'onStoreError', 'maxSessionSize', 'userKey', 'userInfoKeys', 'provider', 'providerOptions',
+  'prefix', 'logLevel', 'logSerializers'
+]
+const COOKIE_OPTIONS = ['path', 'domain', 'httpOnly', 'sameSite', 'secure', 'maxAge', 'partitioned']
+
+/**
+ * The first key of `options` outside `known`, and why it is refused, naming
+ * the known one it looks like; `null` when every key is known. A misspelt
+ * option would otherwise be ignored and its default taken without a word.
+ */
+export function unknownOption (options: object, known: readonly string[]): { name: string, why: string } | null {
+  for (const name of Object.keys(options)) {
+    if (known.includes(name)) continue
+    const like = known.find((option) => looksLike(name, option))
+    return { name, why: `not an option${like === undefined ? '' : `; did you mean "${like}"?`}` }
+  }
+  return null
+}
+
+/**
+ * For providers: throws `FST_SESSION_PROVIDER_OPTION` for the first key of
+ * their options outside `known`. What is not an object is left to their own
+ * checks.
+ */
+export function checkOptionNames (provider: string, options: unknown, known: readonly string[]): void {
+  if (typeof options !== 'object' || options === null) return
+  const unknown = unknownOption(options, known)
+  if (unknown !== null) throw new FST_SESSION_PROVIDER_OPTION(provider, `"${unknown.name}" is ${unknown.why}`)
+}
+
+/** The same but for case, or one character added, dropped or changed. */
+function looksLike (typed: string, name: string): boolean {
+  const a = typed.toLowerCase()
+  const b = name.toLowerCase()
+  if (a === b) return true
+  if (Math.abs(a.length - b.length) > 1) return false
+  let i = 0
+  while (i < a.length && a[i] === b[i]) i++
+  let j = 0
+  while (j < a.length - i && j < b.length - i && a[a.length - 1 - j] === b[b.length - 1 - j]) j++
+  return a.length - i - j <= 1 && b.length - i - j <= 1
+}
+
 function invalid (name: string, why: string): never {
   throw new FST_SESSION_INVALID_OPTION(name, why)
 }
@@ -195,6 +241,8 @@ function resolveSecrets (secret: unknown): string[] {
 
 function resolveCookie (cookieName: string, cookie: SessionCookieOptions = {}): CookieAttributes {
   if (typeof cookie !== 'object' || cookie === null) invalid('cookie', 'expected an object')
+  const unknown = unknownOption(cookie, COOKIE_OPTIONS)
+  if (unknown !== null) invalid('cookie.' + unknown.name, unknown.why)
   const attributes: CookieAttributes = {
     path: attribute('cookie.path', cookie.path, '/') as string,
     domain: attribute('cookie.domain', cookie.domain, undefined),
@@ -225,6 +273,8 @@ function resolveCookie (cookieName: string, cookie: SessionCookieOptions = {}): 
 }
 
 export function resolveOptions (options: SessionPluginBaseOptions): ResolvedOptions {
+  const unknown = unknownOption(options, PLUGIN_OPTIONS)
+  if (unknown !== null) invalid(unknown.name, unknown.why)
   const secrets = resolveSecrets(options.secret)
   const cookieName = options.cookieName ?? 'sessionid'
   if (typeof cookieName !== 'string' || !COOKIE_NAME.test(cookieName)) invalid('cookieName', 'expected a cookie name token')

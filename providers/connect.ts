@@ -50,6 +50,7 @@
  */
 import { registerProvider } from '../lib/registry.js'
 import { FST_SESSION_PROVIDER_OPTION } from '../lib/errors.js'
+import { checkOptionNames } from '../lib/options.js'
 import type { NewSession, SessionPatch, SessionProvider, StoredSession } from '../lib/provider.js'
 
 /** A Node-style callback, as express-session stores call them. */
@@ -199,6 +200,7 @@ export class ConnectProvider implements SessionProvider {
   readonly #tails = new Map<string, Promise<void>>()
 
   constructor (options: ConnectProviderOptions) {
+    checkOptionNames(CONNECT_PROVIDER, options, ['store', 'callTimeout'])
     const { store, callTimeout = 1500 } = (options ?? {}) as Partial<ConnectProviderOptions>
     if (typeof store !== 'object' || store === null) {
       throw new FST_SESSION_PROVIDER_OPTION(CONNECT_PROVIDER, 'store must be an express-session store object')

@@ -30,6 +30,7 @@
 import { createCipheriv, createDecipheriv, hkdfSync, randomBytes } from 'node:crypto'
 import { registerProvider } from '../lib/registry.js'
 import { FST_SESSION_PROVIDER_OPTION } from '../lib/errors.js'
+import { checkOptionNames } from '../lib/options.js'
 import type { SealedSession, StatelessSessionProvider } from '../lib/provider.js'
 
 /** Options of the `cookie` provider. */
@@ -118,6 +119,7 @@ export class CookieProvider implements StatelessSessionProvider {
   readonly #keys: Buffer[]
 
   constructor (options: CookieProviderOptions) {
+    checkOptionNames(COOKIE_PROVIDER, options, ['keys'])
     this.#keys = resolveKeys(options)
   }
 

@@ -1,5 +1,6 @@
 import { registerProvider } from '../lib/registry.js'
 import { FST_SESSION_PROVIDER_OPTION } from '../lib/errors.js'
+import { checkOptionNames } from '../lib/options.js'
 import type { NewSession, SessionPatch, SessionProvider, StoredSession, UserSessionRecord } from '../lib/provider.js'
 
 /** Options of the `memory` provider. */
@@ -111,6 +112,7 @@ export class MemoryProvider implements SessionProvider {
   private evictedAt = 0
 
   constructor (options: MemoryProviderOptions = {}) {
+    checkOptionNames(MEMORY_PROVIDER, options, ['maxSessions'])
     const { maxSessions = 100_000 } = options
     if (!Number.isSafeInteger(maxSessions) || maxSessions < 1) {
       throw new FST_SESSION_PROVIDER_OPTION(MEMORY_PROVIDER, 'maxSessions must be a positive integer')

@@ -37,6 +37,7 @@ import pg from 'pg'
 import type { ClientBase, Pool, PoolClient } from 'pg'
 import { registerProvider } from '../lib/registry.js'
 import { FST_SESSION_INVALID_TABLE, FST_SESSION_MISSING_TABLE, FST_SESSION_PROVIDER_OPTION, FST_SESSION_UNSUPPORTED } from '../lib/errors.js'
+import { checkOptionNames } from '../lib/options.js'
 import { validateTableName } from '../lib/sql.js'
 import type { TableName } from '../lib/sql.js'
 import type { NewSession, SessionPatch, SessionProvider, StoredSession, UserSessionRecord } from '../lib/provider.js'
@@ -167,6 +168,7 @@ export class PostgresProvider implements SessionProvider {
   }
 
   constructor (options: PostgresProviderOptions) {
+    checkOptionNames(POSTGRES_PROVIDER, options, ['pool', 'connectionString', 'tableName', 'createTable', 'gcBatchSize', 'queryTimeout'])
     const { pool, connectionString, tableName = 'sessions', createTable = true, gcBatchSize = 1000, queryTimeout = 5000 } = options ?? {}
     if ((pool === undefined) === (connectionString === undefined)) {
       throw new FST_SESSION_PROVIDER_OPTION(POSTGRES_PROVIDER, 'give exactly one of pool and connectionString')

@@ -2,6 +2,7 @@ import type { Cluster, Redis } from 'ioredis'
 import type { ConnectionOptions } from 'node:tls'
 import { registerProvider } from '../lib/registry.js'
 import { FST_SESSION_PROVIDER_OPTION } from '../lib/errors.js'
+import { checkOptionNames } from '../lib/options.js'
 import type { NewSession, SessionPatch, SessionProvider, StoredSession, UserSessionRecord } from '../lib/provider.js'
 import { RedisConnection, RedisScript } from './redis-connection.js'
 
@@ -427,6 +428,7 @@ export class RedisProvider implements SessionProvider {
 
   constructor (options: RedisProviderOptions) {
     if (typeof options !== 'object' || options === null) fail('options must be an object with url or client')
+    checkOptionNames(REDIS_PROVIDER, options, ['url', 'tls', 'client', 'prefix', 'sharded'])
     const { url, client, tls, prefix = 'sess:', sharded } = options
     if (url !== undefined && client !== undefined) fail('give either url or client, not both')
     if (url === undefined && client === undefined) fail('give url or client')

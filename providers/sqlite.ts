@@ -44,6 +44,7 @@
 import Database from 'better-sqlite3'
 import { registerProvider } from '../lib/registry.js'
 import { FST_SESSION_INVALID_TABLE, FST_SESSION_MISSING_TABLE, FST_SESSION_PROVIDER_OPTION, FST_SESSION_UNSUPPORTED } from '../lib/errors.js'
+import { checkOptionNames } from '../lib/options.js'
 import { validateTableName } from '../lib/sql.js'
 import type { NewSession, SessionPatch, SessionProvider, StoredSession, UserSessionRecord } from '../lib/provider.js'
 
@@ -142,6 +143,7 @@ export class SqliteProvider implements SessionProvider {
   private readonly move: (key: string, session: NewSession, data: string, replaces: string, now: number) => boolean
 
   constructor (options: SqliteProviderOptions) {
+    checkOptionNames(SQLITE_PROVIDER, options, ['database', 'filename', 'tableName', 'createTable', 'gcBatchSize'])
     const { database, filename, tableName = 'sessions', createTable = true, gcBatchSize = 1000 } = options ?? {}
     if ((database === undefined) === (filename === undefined)) {
       throw new FST_SESSION_PROVIDER_OPTION(SQLITE_PROVIDER, 'give exactly one of database and filename')

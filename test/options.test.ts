@@ -68,6 +68,26 @@ t.test('registration fails with a coded error for each invalid option', async (t
   }
 })
 
+t.test('a misspelt option fails registration, naming the option it looks like', async (t) => {
+  const cases: Array<[Record<string, unknown>, string]> = [
+    [{ cookiename: 'sid' }, 'Invalid session option "cookiename": not an option; did you mean "cookieName"?'],
+    [{ maxLifetme: 60 }, 'Invalid session option "maxLifetme": not an option; did you mean "maxLifetime"?'],
+    [{ secrets: [SECRET] }, 'Invalid session option "secrets": not an option; did you mean "secret"?'],
+    [{ useKey: 'u' }, 'Invalid session option "useKey": not an option; did you mean "userKey"?'],
+    [{ onStoreErrors: 'fail' }, 'Invalid session option "onStoreErrors": not an option; did you mean "onStoreError"?'],
+    [{ ttl: 60 }, 'Invalid session option "ttl": not an option'],
+    [{ cookie: { samesite: 'strict' } }, 'Invalid session option "cookie.samesite": not an option; did you mean "sameSite"?'],
+    [{ cookie: { expires: new Date() } }, 'Invalid session option "cookie.expires": not an option'],
+    [{ providerOptions: { maxSession: 5 } }, 'Invalid option for the memory session provider: "maxSession" is not an option; did you mean "maxSessions"?']
+  ]
+  for (const [options, message] of cases) {
+    const err = await registrationError({ secret: SECRET, ...options })
+    t.equal(err?.message, message)
+    t.match(err?.code, /^FST_SESSION_(INVALID|PROVIDER)_OPTION$/)
+  }
+  t.equal(await registrationError({ secret: SECRET, prefix: '/app', logLevel: 'warn', logSerializers: {} }), null, "Fastify's own register options are let through")
+})
+
 t.test('valid edge options register', async (t) => {
   t.equal(await registrationError({ secret: SECRET, cookieName: '__Host-sid', cookie: { secure: true } }), null)
   t.equal(await registrationError({ secret: SECRET, cookieName: '__Secure-sid', cookie: { secure: true, sameSite: 'none' } }), null)

@@ -425,6 +425,7 @@ t.test('option errors', async function (t) {
     t.throws(() => createConnectProvider(options as ConnectProviderOptions), { code: 'FST_SESSION_PROVIDER_OPTION', message: /connect/ }, JSON.stringify(options) ?? 'undefined')
   }
   t.ok(createConnectProvider({ store: { get, set, destroy } }), 'a store with get, set and destroy is enough')
+  t.throws(() => createConnectProvider({ store, timeout: 500 } as ConnectProviderOptions), { code: 'FST_SESSION_PROVIDER_OPTION', message: /"timeout" is not an option$/ })
   for (const callTimeout of [0, -1, NaN, '500', 2 ** 31]) {
     t.throws(() => createConnectProvider({ store, callTimeout } as ConnectProviderOptions), { code: 'FST_SESSION_PROVIDER_OPTION', message: /callTimeout/ }, String(callTimeout))
   }

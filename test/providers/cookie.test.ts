@@ -59,7 +59,8 @@ t.test('key validation', async function (t) {
     [{ keys: [randomKey(), 'short'] }, /keys\[1\] is a string of 5 characters/],
     [{ keys: 42 }, /keys\[0\] must be a string or a Buffer/],
     [{ keys: null }, /keys\[0\] must be a string or a Buffer/],
-    [{ keys: [randomKey(), { length: 32 }] }, /keys\[1\] must be a string or a Buffer/]
+    [{ keys: [randomKey(), { length: 32 }] }, /keys\[1\] must be a string or a Buffer/],
+    [{ keys: randomKey(), key: randomKey() }, /"key" is not an option; did you mean "keys"\?/]
   ]
   for (const [options, message] of bad) {
     t.throws(() => createCookieProvider(options as CookieProviderOptions), { code: 'FST_SESSION_PROVIDER_OPTION', message }, String(message))

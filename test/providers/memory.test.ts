@@ -1,6 +1,6 @@
 import t from 'tap'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { MemoryProvider } from '../../providers/memory.js'
+import { MemoryProvider, type MemoryProviderOptions } from '../../providers/memory.js'
 import { getProvider } from '../../lib/registry.js'
 import { generateId, storeKey } from '../../lib/id.js'
 import { testProvider } from '../../lib/testing.js'
@@ -153,6 +153,7 @@ testProvider(t, {
         t.throws(() => new MemoryProvider({ maxSessions }), { code: 'FST_SESSION_PROVIDER_OPTION' }, `rejects ${maxSessions}`)
       }
       t.equal(new MemoryProvider({ maxSessions: 1 }).maxSessions, 1, 'accepts 1')
+      t.throws(() => new MemoryProvider({ maxSession: 5 } as MemoryProviderOptions), { code: 'FST_SESSION_PROVIDER_OPTION', message: /"maxSession" is not an option; did you mean "maxSessions"\?/ })
     })
 
     t.test('maxSessions defaults to 100,000', async (t) => {

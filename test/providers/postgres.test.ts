@@ -81,7 +81,8 @@ t.test('option errors', async function (t) {
     { connectionString: DATABASE_URL, queryTimeout: 0 },
     { connectionString: DATABASE_URL, queryTimeout: 2 ** 31 },
     { connectionString: DATABASE_URL, queryTimeout: '5000' },
-    { pool, queryTimeout: 1000 }
+    { pool, queryTimeout: 1000 },
+    { connectionString: DATABASE_URL, table: 'sessions' }
   ]
   for (const options of bad) {
     await t.rejects(createPostgresProvider(options as PostgresProviderOptions), { code: 'FST_SESSION_PROVIDER_OPTION' }, JSON.stringify(options))

@@ -428,7 +428,9 @@ t.test('invalid options throw FST_SESSION_PROVIDER_OPTION', async (t) => {
     [{ client: null }, /client must be/],
     [{ client: { call () {} } }, /client must be/],
     [{ url: REDIS_URL, prefix: 1 }, /prefix must be a string/],
-    [{ url: REDIS_URL, sharded: 'yes' }, /sharded must be a boolean/]
+    [{ url: REDIS_URL, sharded: 'yes' }, /sharded must be a boolean/],
+    [{ url: REDIS_URL, keyPrefix: 'x:' }, /"keyPrefix" is not an option$/],
+    [{ url: REDIS_URL, Prefix: 'x:' }, /"Prefix" is not an option; did you mean "prefix"\?/]
   ]
   for (const [options, message] of cases) {
     t.throws(() => createRedisProvider(options as RedisProviderOptions), { code: 'FST_SESSION_PROVIDER_OPTION', message }, JSON.stringify(options))

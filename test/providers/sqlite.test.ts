@@ -685,7 +685,8 @@ t.test('options', async (t) => {
     ['gcBatchSize negative', { filename: ':memory:', gcBatchSize: -5 }],
     ['gcBatchSize fractional', { filename: ':memory:', gcBatchSize: 1.5 }],
     ['gcBatchSize a string', { filename: ':memory:', gcBatchSize: '10' }],
-    ['gcBatchSize infinite', { filename: ':memory:', gcBatchSize: Infinity }]
+    ['gcBatchSize infinite', { filename: ':memory:', gcBatchSize: Infinity }],
+    ['a misspelt option', { filename: ':memory:', tablename: 'sessions' }]
   ]
   for (const [what, options] of bad) {
     let error: unknown
