@@ -109,8 +109,8 @@ export type SessionPluginOptions = SessionPluginBaseOptions & (
   | {
     /** A provider instance, e.g. another app's `fastify.sessions.provider`. The plugin does not close it. */
     provider: SessionProvider | StatelessSessionProvider
-    /** Not taken with an instance, which is already configured. */
-    providerOptions?: undefined
+    /** Not taken with an instance, which is already configured (an empty object is let through). */
+    providerOptions?: Record<string, never> | undefined
   }
 )
 

@@ -19,6 +19,12 @@ export interface SessionData {}
 /** The type of the value stored under `Key`. */
 export type SessionValue<Key extends string> = Key extends keyof SessionData ? SessionData[Key] : any
 
+/**
+ * A session key: any string, the declared ones offered first by editors
+ * (`string & {}` keeps the union from collapsing into plain `string`).
+ */
+export type SessionKey = (keyof SessionData & string) | (string & {})
+
 const EMPTY: ReadonlyMap<string, string> = new Map()
 
 const REGENERATED = 1
@@ -108,7 +114,7 @@ export class Session {
     return this.#key
   }
 
-  get<Key extends string> (key: Key): SessionValue<Key> | undefined {
+  get<Key extends SessionKey> (key: Key): SessionValue<Key> | undefined {
     if (this.#objects !== null && this.#objects.has(key)) return this.#objects.get(key) as SessionValue<Key>
     const json = this.#json(key)
     if (json === undefined) return undefined
@@ -127,7 +133,7 @@ export class Session {
    * with a lone surrogate, which no store keeps as it is) and
    * `FST_SESSION_TOO_LARGE` when the session would outgrow `maxSessionSize`.
    */
-  set<Key extends string> (key: Key, value: SessionValue<Key> | undefined): void {
+  set<Key extends SessionKey> (key: Key, value: SessionValue<Key> | undefined): void {
     if (value === undefined) {
       this.delete(key)
       return
@@ -148,11 +154,11 @@ export class Session {
     }
   }
 
-  has (key: string): boolean {
+  has (key: SessionKey): boolean {
     return this.#json(key) !== undefined
   }
 
-  delete (key: string): void {
+  delete (key: SessionKey): void {
     this.#writable()
     if (this.#json(key) === undefined) return
     this.#change(key, null)

@@ -2,6 +2,8 @@ import t from 'tap'
 import { execFile } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
+import { readFileSync } from 'node:fs'
+import ts from 'typescript'
 
 const run = promisify(execFile)
 const tsc = fileURLToPath(new URL('../node_modules/typescript/bin/tsc', import.meta.url))
@@ -25,6 +27,31 @@ async function typeErrors (name: string): Promise<string> {
 
 t.test('get and set are typed by SessionData; providerOptions by the provider', async (t) => {
   t.equal(await typeErrors('session-data.ts'), '')
+})
+
+t.test('editors offer the keys SessionData declares to get, set, has and delete', async (t) => {
+  const file = fixture('completions.ts')
+  const options: ts.CompilerOptions = { strict: true, noEmit: true, skipLibCheck: true, target: ts.ScriptTarget.ES2022, module: ts.ModuleKind.NodeNext, moduleResolution: ts.ModuleResolutionKind.NodeNext, types: ['node'] }
+  const service = ts.createLanguageService({
+    getScriptFileNames: () => [file],
+    getScriptVersion: () => '1',
+    getScriptSnapshot: (name) => ts.sys.fileExists(name) ? ts.ScriptSnapshot.fromString(readFileSync(name, 'utf8')) : undefined,
+    getCurrentDirectory: () => process.cwd(),
+    getCompilationSettings: () => options,
+    getDefaultLibFileName: ts.getDefaultLibFilePath,
+    fileExists: ts.sys.fileExists,
+    readFile: ts.sys.readFile,
+    readDirectory: ts.sys.readDirectory,
+    directoryExists: ts.sys.directoryExists,
+    getDirectories: ts.sys.getDirectories
+  })
+  const text = readFileSync(file, 'utf8')
+  for (const method of ['get', 'set', 'has', 'delete']) {
+    const call = `request.session.${method}('`
+    t.ok(text.includes(call), call)
+    const offered = service.getCompletionsAtPosition(file, text.indexOf(call) + call.length, {})?.entries.map((entry) => entry.name)
+    t.match(offered, ['views', 'user'], method)
+  }
 })
 
 t.test("provider: 'redis' type-checks only once its module is imported", async (t) => {
