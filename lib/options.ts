@@ -272,9 +272,27 @@ function resolveCookie (cookieName: string, cookie: SessionCookieOptions = {}): 
   return attributes
 }
 
+/**
+ * The keys given to `register` that are not the plugin's. One that looks like
+ * an option of its (`cookiename`) is a typo, refused with
+ * `FST_SESSION_INVALID_OPTION`; the others are answered, for the plugin to log:
+ * tooling hands plugins keys of its own (fastify-cli's `skipOverride`, or the
+ * app's options that @fastify/autoload merges into a plugin's), and they must
+ * not stop the app.
+ */
+export function foreignOptions (options: object): string[] {
+  const foreign: string[] = []
+  for (const name of Object.keys(options)) {
+    if (PLUGIN_OPTIONS.includes(name)) continue
+    const like = PLUGIN_OPTIONS.find((option) => looksLike(name, option))
+    if (like !== undefined) invalid(name, `not an option; did you mean "${like}"?`)
+    foreign.push(name)
+  }
+  return foreign
+}
+
+/** Validates the plugin's own options and fills in the defaults; keys it does not know are `foreignOptions`' concern. */
 export function resolveOptions (options: SessionPluginBaseOptions): ResolvedOptions {
-  const unknown = unknownOption(options, PLUGIN_OPTIONS)
-  if (unknown !== null) invalid(unknown.name, unknown.why)
   const secrets = resolveSecrets(options.secret)
   const cookieName = options.cookieName ?? 'sessionid'
   if (typeof cookieName !== 'string' || !COOKIE_NAME.test(cookieName)) invalid('cookieName', 'expected a cookie name token')

@@ -5,7 +5,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest, HookHandlerDoneFunc
 import { decodeCookieValue } from './cookie.js'
 import { FST_SESSION_INVALID_OPTION, FST_SESSION_INVALID_PROVIDER, FST_SESSION_STORE_UNAVAILABLE } from './errors.js'
 import { isStoreFailure, SessionManager } from './manager.js'
-import { resolveOptions, type SessionPluginOptions } from './options.js'
+import { foreignOptions, resolveOptions, type SessionPluginOptions } from './options.js'
 import { isStateless, type SessionProvider, type StatelessSessionProvider } from './provider.js'
 import { getProvider } from './registry.js'
 import { Session } from './session.js'
@@ -89,7 +89,11 @@ function checkProvider (provider: unknown): asserts provider is AnyProvider {
 }
 
 async function fastifySessions (fastify: FastifyInstance, options: SessionPluginOptions): Promise<void> {
+  const foreign = foreignOptions(options)
   const resolved = resolveOptions(options)
+  for (const name of foreign) {
+    fastify.log.warn({ option: name }, 'fastify-sessions: "%s" is not one of its options and is ignored', name)
+  }
   const { provider, owned } = await resolveProvider(options)
   const manager = new SessionManager(provider, resolved)
 

@@ -150,7 +150,8 @@ export class PostgresProvider implements SessionProvider {
   readonly gcLockKey: string
   readonly gcBatchSize: number
   readonly createTable: boolean
-  private readonly pool: Pool
+  // a private field: its options, a password in the connection string included, stay out of inspect() and logs
+  readonly #pool: Pool
   private readonly ownsPool: boolean
   private readonly table: TableName
   private readonly ddlLockKey: string
@@ -201,12 +202,12 @@ export class PostgresProvider implements SessionProvider {
     if (pool === undefined) {
       // A bounded wait for a connection: otherwise a query the plugin gave up on
       // (storeTimeout) waits in the pool's queue and may still run much later.
-      this.pool = new pg.Pool({ connectionString, connectionTimeoutMillis: CONNECTION_TIMEOUT, query_timeout: queryTimeout, onConnect: readCommitted })
+      this.#pool = new pg.Pool({ connectionString, connectionTimeoutMillis: CONNECTION_TIMEOUT, query_timeout: queryTimeout, onConnect: readCommitted })
       // an idle connection the server drops emits 'error' on the pool
-      this.pool.on('error', dropConnectionError)
+      this.#pool.on('error', dropConnectionError)
       this.ownsPool = true
     } else {
-      this.pool = pool
+      this.#pool = pool
       this.ownsPool = false
     }
 
@@ -246,7 +247,7 @@ export class PostgresProvider implements SessionProvider {
    * calls it.
    */
   async prepare (): Promise<void> {
-    if (await this.tableExists(this.pool)) {
+    if (await this.tableExists(this.#pool)) {
       await this.checkColumns()
       return
     }
@@ -261,7 +262,7 @@ export class PostgresProvider implements SessionProvider {
    */
   private async checkColumns (): Promise<void> {
     try {
-      await this.pool.query(`SELECT key, data, user_id, created_at, last_seen_at, expires_at FROM ${this.table.quoted} LIMIT 0`)
+      await this.#pool.query(`SELECT key, data, user_id, created_at, last_seen_at, expires_at FROM ${this.table.quoted} LIMIT 0`)
     } catch (err) {
       if ((err as { code?: unknown }).code !== UNDEFINED_COLUMN) throw err
       throw new FST_SESSION_INVALID_TABLE(JSON.stringify(this.tableName), `it exists without this provider's columns (${(err as Error).message})`)
@@ -269,14 +270,14 @@ export class PostgresProvider implements SessionProvider {
   }
 
   async get (key: string): Promise<StoredSession | null> {
-    const { rows } = await this.pool.query<SessionRow>(this.sql.get, [key, Date.now()])
+    const { rows } = await this.#pool.query<SessionRow>(this.sql.get, [key, Date.now()])
     return rows.length === 0 ? null : toSession(rows[0])
   }
 
   async create (key: string, session: NewSession, replaces?: string): Promise<boolean> {
     const values = [key, jsonObject(session.data), owner(session.user), session.createdAt, session.lastSeenAt, session.expiresAt, Date.now()]
     if (replaces === undefined) {
-      const { rowCount } = await this.pool.query(this.sql.create, values)
+      const { rowCount } = await this.#pool.query(this.sql.create, values)
       return rowCount === 1
     }
     // Two statements in a transaction: if the new key turns out to be taken,
@@ -308,15 +309,15 @@ export class PostgresProvider implements SessionProvider {
       shape |= SETS_USER
       values.push(owner(patch.user))
     }
-    const { rowCount } = await this.pool.query(this.updateStatement(shape), values)
+    const { rowCount } = await this.#pool.query(this.updateStatement(shape), values)
     return rowCount === 1
   }
 
   async destroy (key: string, owner?: string): Promise<boolean> {
     if (owner !== undefined && !storable(owner)) return false
     const { rows } = owner === undefined
-      ? await this.pool.query<{ live: boolean }>(this.sql.destroy, [key, Date.now()])
-      : await this.pool.query<{ live: boolean }>(this.sql.destroyOwned, [key, Date.now(), owner])
+      ? await this.#pool.query<{ live: boolean }>(this.sql.destroy, [key, Date.now()])
+      : await this.#pool.query<{ live: boolean }>(this.sql.destroyOwned, [key, Date.now(), owner])
     return rows.length === 1 && rows[0].live
   }
 
@@ -330,7 +331,7 @@ export class PostgresProvider implements SessionProvider {
 
   async listByUser (user: string, infoKeys: readonly string[]): Promise<UserSessionRecord[]> {
     if (!storable(user)) return []
-    const { rows } = await this.pool.query<UserSessionRow>(this.sql.listByUser, [user, Date.now(), infoKeys.filter(storable)])
+    const { rows } = await this.#pool.query<UserSessionRow>(this.sql.listByUser, [user, Date.now(), infoKeys.filter(storable)])
     return rows.map(function toRecord (row) {
       const { data, ...times } = toSession(row)
       return { key: row.key, ...times, info: data }
@@ -370,7 +371,7 @@ export class PostgresProvider implements SessionProvider {
 
   /** Ends the pool made from `connectionString`; a pool handed in stays open. */
   close (): Promise<void> {
-    if (this.ownsPool) this.closing ??= this.pool.end()
+    if (this.ownsPool) this.closing ??= this.#pool.end()
     return this.closing ?? Promise.resolve()
   }
 
@@ -416,7 +417,7 @@ export class PostgresProvider implements SessionProvider {
         (client as PoolClient).on('error', dropConnectionError)
         resolve(client as PoolClient)
       }
-      const returned = this.pool.connect(take) as unknown as PromiseLike<PoolClient> | undefined
+      const returned = this.#pool.connect(take) as unknown as PromiseLike<PoolClient> | undefined
       // a pg-compatible pool (a wrapper) may answer with a promise instead, or as well
       if (typeof returned?.then === 'function') returned.then((client) => take(undefined, client), take)
     })

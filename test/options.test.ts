@@ -3,6 +3,7 @@ import Fastify from 'fastify'
 import sessions, { registerProvider, getProvider, createMemoryProvider, type SessionPluginOptions } from '../index.js'
 import { SECRET } from './fixtures/app.js'
 import { RecordingProvider } from './fixtures/providers.js'
+import { captureLogs, WARN } from './fixtures/log-capture.js'
 import '../providers/sqlite.js'
 
 async function registrationError (options: Record<string, unknown>): Promise<{ code?: string, message: string } | null> {
@@ -75,7 +76,6 @@ t.test('a misspelt option fails registration, naming the option it looks like', 
     [{ secrets: [SECRET] }, 'Invalid session option "secrets": not an option; did you mean "secret"?'],
     [{ useKey: 'u' }, 'Invalid session option "useKey": not an option; did you mean "userKey"?'],
     [{ onStoreErrors: 'fail' }, 'Invalid session option "onStoreErrors": not an option; did you mean "onStoreError"?'],
-    [{ ttl: 60 }, 'Invalid session option "ttl": not an option'],
     [{ cookie: { samesite: 'strict' } }, 'Invalid session option "cookie.samesite": not an option; did you mean "sameSite"?'],
     [{ cookie: { expires: new Date() } }, 'Invalid session option "cookie.expires": not an option'],
     [{ providerOptions: { maxSession: 5 } }, 'Invalid option for the memory session provider: "maxSession" is not an option; did you mean "maxSessions"?']
@@ -86,6 +86,23 @@ t.test('a misspelt option fails registration, naming the option it looks like', 
     t.match(err?.code, /^FST_SESSION_(INVALID|PROVIDER)_OPTION$/)
   }
   t.equal(await registrationError({ secret: SECRET, prefix: '/app', logLevel: 'warn', logSerializers: {} }), null, "Fastify's own register options are let through")
+})
+
+t.test('a key like no option, as tooling adds (fastify-cli, @fastify/autoload), is logged at warn and ignored', async (t) => {
+  const logs = captureLogs('info')
+  const app = Fastify({ logger: logs.logger })
+  t.teardown(() => app.close())
+  await app.register(sessions, { secret: SECRET, skipOverride: true, ttl: 60 } as unknown as SessionPluginOptions)
+  app.get('/', async (request) => {
+    request.session.set('n', 1)
+    return 'ok'
+  })
+  t.equal((await app.inject('/')).statusCode, 200)
+  const warned = logs.lines.filter((line) => line.level === WARN).map((line) => [line.option, line.msg])
+  t.same(warned, [
+    ['skipOverride', 'fastify-sessions: "skipOverride" is not one of its options and is ignored'],
+    ['ttl', 'fastify-sessions: "ttl" is not one of its options and is ignored']
+  ])
 })
 
 t.test('valid edge options register', async (t) => {

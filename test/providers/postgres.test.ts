@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto'
+import { inspect } from 'node:util'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
 import type { Test } from 'tap'
@@ -561,6 +562,18 @@ t.test('with PostgreSQL', async function (t) {
     await Promise.all([own.close(), own.close()])
     await own.close()
     await t.rejects(own.get(storeKey()), 'its own pool is ended')
+  })
+
+  t.test('its own pool, with the password in the connection string, is not shown by inspect() or JSON', async function (t) {
+    const url = new URL(DATABASE_URL)
+    url.password = 'pw-never-shown'
+    const table = randomTable()
+    dropAfter(t, table)
+    const own = await createPostgresProvider({ connectionString: url.href, tableName: table })
+    t.teardown(() => own.close())
+    t.equal(await own.get(storeKey()), null, 'the pool works')
+    t.notMatch(inspect(own, { depth: 20 }), 'pw-never-shown')
+    t.notMatch(JSON.stringify(own), 'pw-never-shown')
   })
 
   t.test('persistence across provider instances', async function (t) {
