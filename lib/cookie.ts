@@ -190,28 +190,21 @@ function atCookieStart (header: string, at: number): boolean {
 
 /**
  * Undoes the quoting and percent-encoding other cookie writers apply; `null`
- * when the value cannot be one of ours. Ours are ASCII, so an escape of any
- * other byte, like a broken one, ends the look at once: `decodeURIComponent`
- * would throw for it, a stack trace each time.
+ * when the value cannot be one of ours: its escapes do not decode, or decode
+ * to anything but printable ASCII.
  */
 function decode (raw: string): string | null {
   let value = raw
   if (value.length > 1 && value.charCodeAt(0) === 34 && value.charCodeAt(value.length - 1) === 34) {
     value = value.slice(1, -1)
   }
-  let escape = value.indexOf('%')
-  if (escape === -1) return value
-  let decoded = ''
-  let from = 0
-  while (escape !== -1) {
-    const byte = hexDigit(value.charCodeAt(escape + 1)) * 16 + hexDigit(value.charCodeAt(escape + 2))
-    if (!(byte < 0x80)) return null
-    decoded += value.slice(from, escape) + String.fromCharCode(byte)
-    from = escape + 3
-    escape = value.indexOf('%', from)
-  }
-  return decoded + value.slice(from)
+  if (!value.includes('%')) return value
+  // a value with an escape that decodes is always shorter: the same one means it did not
+  const decoded = decodeCookieValue(value)
+  return decoded === value || NOT_PRINTABLE_ASCII.test(decoded) ? null : decoded
 }
+
+const NOT_PRINTABLE_ASCII = /[^ -~]/
 
 /**
  * What `decodeURIComponent` makes of a cookie value, or the value as it is

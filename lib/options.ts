@@ -149,7 +149,7 @@ const COOKIE_OPTIONS = ['path', 'domain', 'httpOnly', 'sameSite', 'secure', 'max
  * the known one it looks like; `null` when every key is known. A misspelt
  * option would otherwise be ignored and its default taken without a word.
  */
-export function unknownOption (options: object, known: readonly string[]): { name: string, why: string } | null {
+function unknownOption (options: object, known: readonly string[]): { name: string, why: string } | null {
   for (const name of Object.keys(options)) {
     if (known.includes(name)) continue
     const like = known.find((option) => looksLike(name, option))
