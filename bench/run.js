@@ -46,7 +46,7 @@ const USAGE = `node bench/run.js [options]
   --out DIR            where RESULTS.md, ratios.svg and results.json go (default bench/, json in bench/out/)
   --fault IMPL:[KIND:]ROUTE
                        break that server's route on purpose (harness self-test; repeatable).
-                       KIND (default wrong): wrong, status, hang, drop, nocount (write),
+                       KIND (default wrong): wrong, status, hang, drop, nocount (write), unsaved (write),
                        forget (new), samecookie (new); see FAULTS in bench/lib/server.js
   --redis-url URL      (default $BENCH_REDIS_URL or redis://127.0.0.1:6379/9; keys under bench:<run>:, removed afterwards)
   --pg-url URL         (default $BENCH_PG_URL or postgres://postgres@127.0.0.1:5432/test; table bench_sessions_<run>)
@@ -262,6 +262,25 @@ async function readBack (server, cookies) {
   }
 }
 
+/**
+ * A stateless write cannot be counted on the server: each connection's last
+ * written cookie must hold the incremented counter, n = 1 over the seeded 0.
+ */
+async function readWritten (server, cookies) {
+  if (cookies.length === 0) return ['write: no session cookie to read back']
+  const http = httpClient(server.base, { sockets: 1 })
+  try {
+    const wrong = []
+    for (const cookie of cookies) {
+      const res = await http.get('/peek', cookie)
+      if (res.status !== 200 || res.body !== '1') wrong.push(`${res.status} ${JSON.stringify(res.body.slice(0, 60))}`)
+    }
+    return wrong.length === 0 ? [] : [`read back ${wrong.length} of the ${cookies.length} cookies the write route last set without n = 1, e.g. ${wrong.slice(0, 2).join(', ')}`]
+  } finally {
+    http.close()
+  }
+}
+
 async function runCell (load, server, impl, route, seeds) {
   const spec = loadSpec(route, server.base, seeds, { connections: settings.connections, stateless: impl.stateless })
 
@@ -291,6 +310,7 @@ async function runCell (load, server, impl, route, seeds) {
     }
   }
   if (route === 'new') failures.push(...await readBack(server, res.newCookies))
+  if (route === 'write' && impl.stateless) failures.push(...await readWritten(server, res.writtenCookies))
   const cpuUs = (cpu1.cpu.user - cpu0.cpu.user) + (cpu1.cpu.system - cpu0.cpu.system)
   return {
     failed: failures.length > 0,

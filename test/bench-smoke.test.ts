@@ -111,6 +111,20 @@ t.test('a tiny run measures both implementations and writes the report', async (
   t.match(readFileSync(join(out, 'ratios.svg'), 'utf8'), /^<svg[^>]*>[\s\S]*median of 1 round<[\s\S]*<\/svg>\s*$/)
 })
 
+t.test('a stateless write is checked by the cookies it sets: a correct one passes, one that stores nothing fails', async (t) => {
+  const stateless = ['--rounds', '1', '--duration', '1', '--warmup', '0', '--impls', 'secure-session', '--skip-micro', '--routes', 'write']
+  const good = tempDir(t)
+  const passed = await bench([...stateless, '--out', good])
+  t.equal(passed.code, 0, passed.output)
+  t.equal(cellOf(JSON.parse(readFileSync(join(good, 'results.json'), 'utf8')), 'secure-session', 'write').failed, false)
+  const bad = tempDir(t)
+  const failed = await bench([...stateless, '--out', bad, '--fault', 'secure-session:unsaved:write'])
+  t.equal(failed.code, 1, failed.output)
+  const cell = cellOf(JSON.parse(readFileSync(join(bad, 'results.json'), 'utf8')), 'secure-session', 'write')
+  t.equal(cell.failed, true)
+  t.match(cell.failures.join(' '), /\d+ responses without a session cookie.*write: no session cookie to read back/)
+})
+
 t.test('a wrong body, a hang, a write that does not count and a repeated cookie fail their cells', (t) => faultRun(t, 'read,write,none,new', {
   read: { fault: 'hang:read', reason: /1 of 10 connections got no response at all/ },
   write: { fault: 'nocount:write', reason: /counters advanced by 0 for \d+ 2xx responses/ },

@@ -6,7 +6,10 @@
 //   url: 'http://127.0.0.1:port', path: '/read', connections, duration (s),
 //   mode: 'fixed'   -> connection i sends cookies[i % n] and expects values[i % n]
 //         'counter' -> connection i sends cookies[i % n]; each body must be the previous + 1
-//                      (or equal `constant` when set: a stateless store cannot count)
+//                      (or equal `constant` when set: a stateless store cannot count, as
+//                      the connection keeps sending the first cookie; then every 2xx must
+//                      carry a Set-Cookie of `cookieName`, and each connection's last one
+//                      is answered (writtenCookies) for the orchestrator to read back)
 //         'new'     -> no cookie; body 'new' and a Set-Cookie of `cookieName` whose value
 //                      no earlier response carried; the last RECENT_COOKIES of them are
 //                      answered (newCookies) for the orchestrator to read back
@@ -23,6 +26,19 @@ import autocannon from 'autocannon'
 
 const RECENT_COOKIES = 20
 
+/** Reads the `name=value` pair of a response's Set-Cookie for `name` out of autocannon's 'headers' event; `null` without one. */
+function sessionCookieOf (name) {
+  const prefix = name + '='
+  return (info) => {
+    const raw = info.headers ?? []
+    let pair = null
+    for (let i = 0; i < raw.length; i += 2) {
+      if (raw[i].length === 10 && raw[i].toLowerCase() === 'set-cookie' && raw[i + 1].startsWith(prefix) && raw[i + 1].length > prefix.length + 1) pair = raw[i + 1].split(';', 1)[0]
+    }
+    return pair
+  }
+}
+
 /** Runs one autocannon load and returns the counts the orchestrator judges. */
 export function runLoad (spec) {
   const { cookies = [], values = [], mode } = spec
@@ -32,6 +48,7 @@ export function runLoad (spec) {
   const answered = []
   const seenCookies = new Set()
   const recentCookies = []
+  const writtenCookies = []
   const statuses = {}
   let latencies = new Float64Array(1 << 16)
   let nLat = 0
@@ -82,13 +99,9 @@ export function runLoad (spec) {
       client.setRequests(mine.map((i) => ({ method: 'GET', path: spec.path, headers: { cookie: cookies[i] }, expected: values[i] })))
       client.opts.verifyBody = (body) => body === expected || (bad({ expected, body }) && false)
     } else if (mode === 'new') {
-      const prefix = spec.cookieName + '='
+      const sessionCookie = sessionCookieOf(spec.cookieName)
       client.on('headers', (info) => {
-        const raw = info.headers ?? []
-        let pair = null
-        for (let i = 0; i < raw.length; i += 2) {
-          if (raw[i].length === 10 && raw[i].toLowerCase() === 'set-cookie' && raw[i + 1].startsWith(prefix) && raw[i + 1].length > prefix.length + 1) pair = raw[i + 1].split(';', 1)[0]
-        }
+        const pair = sessionCookie(info)
         if (pair === null) {
           if (info.statusCode >= 200 && info.statusCode < 300) count.badCookie++
         } else if (seenCookies.has(pair)) {
@@ -109,6 +122,12 @@ export function runLoad (spec) {
         client.opts.verifyBody = (body) => body === expected || (bad({ slot, expected, body }) && false)
       } else if (spec.constant !== undefined) {
         client.opts.verifyBody = (body) => body === spec.constant || (bad({ slot, expected: spec.constant, body }) && false)
+        const sessionCookie = sessionCookieOf(spec.cookieName)
+        client.on('headers', (info) => {
+          const written = sessionCookie(info)
+          if (written !== null) writtenCookies[index] = written
+          else if (info.statusCode >= 200 && info.statusCode < 300) count.badCookie++
+        })
       } else {
         let last = null
         client.opts.verifyBody = (body) => {
@@ -172,6 +191,7 @@ export function runLoad (spec) {
         badCookie: count.badCookie,
         repeatedCookie: count.repeatedCookie,
         newCookies: recentCookies,
+        writtenCookies: writtenCookies.filter((cookie) => cookie !== undefined),
         badSamples,
         // Steady-state rate: from the first response to the last, so the
         // clients' setup (inside autocannon's own duration) does not count.

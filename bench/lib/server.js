@@ -43,7 +43,8 @@ export function defineRoutes (app, s, { optOut = false, faults = [] } = {}) {
     s.set(request, reply, 'n', n)
     return String(n)
   }
-  route('write', faultOf.get('write') === 'nocount' ? uncountedWrite(s) : write)
+  const writeFault = faultOf.get('write')
+  route('write', writeFault === 'nocount' ? uncountedWrite(s) : writeFault === 'unsaved' ? (request) => String(s.get(request, 'n') + 1) : write)
   const stored = faultOf.get('new') === 'forget' ? 'forgotten' : 'new'
   route('new', (request, reply) => {
     s.set(request, reply, 'v', stored)
@@ -70,11 +71,12 @@ export function defineRoutes (app, s, { optOut = false, faults = [] } = {}) {
  * answers the session (or, without a cookie, the connection) that asks
  * first; drop: closes the connection
  * instead of answering every 10th request; nocount (write): answers its
- * connection's next number without storing it; forget (new): answers `new`
+ * connection's next number without storing it; unsaved (write): answers the
+ * session's number plus one without storing it; forget (new): answers `new`
  * but stores another value; samecookie (new): every answer carries the
  * first answer's session cookie.
  */
-const FAULTS = { wrong: null, status: null, hang: null, drop: null, nocount: 'write', forget: 'new', samecookie: 'new' }
+const FAULTS = { wrong: null, status: null, hang: null, drop: null, nocount: 'write', unsaved: 'write', forget: 'new', samecookie: 'new' }
 
 function parseFaults (faults) {
   const byRoute = new Map()
