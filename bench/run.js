@@ -244,38 +244,22 @@ async function peekAll (server, cookies) {
 }
 
 /**
- * The `new` route must have stored its value in the sessions whose cookies
- * it sent: reads the newest of them back through `/read`. Answers problems.
+ * Reads the session of each cookie back through `path`, which must answer
+ * `expected`: `new` checks that the sessions it made hold their value, and a
+ * stateless `write`, which cannot be counted on the server, that each
+ * connection's last cookie holds the incremented counter (n = 1 over the
+ * seeded 0). `what` names the cookies in the sentences it answers.
  */
-async function readBack (server, cookies) {
-  if (cookies.length === 0) return ['new: no session cookie to read back']
+async function readBack (server, route, cookies, path, expected, what) {
+  if (cookies.length === 0) return [`${route}: no session cookie to read back`]
   const http = httpClient(server.base, { sockets: 1 })
   try {
     const wrong = []
     for (const cookie of cookies) {
-      const res = await http.get('/read', cookie)
-      if (res.status !== 200 || res.body !== 'new') wrong.push(`${res.status} ${JSON.stringify(res.body.slice(0, 60))}`)
+      const res = await http.get(path, cookie)
+      if (res.status !== 200 || res.body !== expected) wrong.push(`${res.status} ${JSON.stringify(res.body.slice(0, 60))}`)
     }
-    return wrong.length === 0 ? [] : [`read back ${wrong.length} of the ${cookies.length} newest sessions the new route made without its value 'new', e.g. ${wrong.slice(0, 2).join(', ')}`]
-  } finally {
-    http.close()
-  }
-}
-
-/**
- * A stateless write cannot be counted on the server: each connection's last
- * written cookie must hold the incremented counter, n = 1 over the seeded 0.
- */
-async function readWritten (server, cookies) {
-  if (cookies.length === 0) return ['write: no session cookie to read back']
-  const http = httpClient(server.base, { sockets: 1 })
-  try {
-    const wrong = []
-    for (const cookie of cookies) {
-      const res = await http.get('/peek', cookie)
-      if (res.status !== 200 || res.body !== '1') wrong.push(`${res.status} ${JSON.stringify(res.body.slice(0, 60))}`)
-    }
-    return wrong.length === 0 ? [] : [`read back ${wrong.length} of the ${cookies.length} cookies the write route last set without n = 1, e.g. ${wrong.slice(0, 2).join(', ')}`]
+    return wrong.length === 0 ? [] : [`read back ${wrong.length} of the ${cookies.length} ${what}, e.g. ${wrong.slice(0, 2).join(', ')}`]
   } finally {
     http.close()
   }
@@ -309,8 +293,8 @@ async function runCell (load, server, impl, route, seeds) {
       failures.push(`counters advanced by ${advanced} for ${res.ok} 2xx responses and ${inFlight} requests in flight at the end (before ${before.join(',')}; after ${after.join(',')})`)
     }
   }
-  if (route === 'new') failures.push(...await readBack(server, res.newCookies))
-  if (route === 'write' && impl.stateless) failures.push(...await readWritten(server, res.writtenCookies))
+  if (route === 'new') failures.push(...await readBack(server, route, res.newCookies, '/read', 'new', "newest sessions the new route made without its value 'new'"))
+  if (route === 'write' && impl.stateless) failures.push(...await readBack(server, route, res.writtenCookies, '/peek', '1', 'cookies the write route last set without n = 1'))
   const cpuUs = (cpu1.cpu.user - cpu0.cpu.user) + (cpu1.cpu.system - cpu0.cpu.system)
   return {
     failed: failures.length > 0,
