@@ -152,8 +152,7 @@ const COOKIE_OPTIONS = ['path', 'domain', 'httpOnly', 'sameSite', 'secure', 'max
 function unknownOption (options: object, known: readonly string[]): { name: string, why: string } | null {
   for (const name of Object.keys(options)) {
     if (known.includes(name)) continue
-    const like = known.find((option) => looksLike(name, option))
-    return { name, why: `not an option${like === undefined ? '' : `; did you mean "${like}"?`}` }
+    return { name, why: notAnOption(lookalike(name, known)) }
   }
   return null
 }
@@ -167,6 +166,15 @@ export function checkOptionNames (provider: string, options: unknown, known: rea
   if (typeof options !== 'object' || options === null) return
   const unknown = unknownOption(options, known)
   if (unknown !== null) throw new FST_SESSION_PROVIDER_OPTION(provider, `"${unknown.name}" is ${unknown.why}`)
+}
+
+/** The option among `known` that `name` looks like, if any: probably the one meant. */
+function lookalike (name: string, known: readonly string[]): string | undefined {
+  return known.find((option) => looksLike(name, option))
+}
+
+function notAnOption (like: string | undefined): string {
+  return `not an option${like === undefined ? '' : `; did you mean "${like}"?`}`
 }
 
 /** The same but for case, or one character added, dropped or changed. */
@@ -284,8 +292,8 @@ export function foreignOptions (options: object): string[] {
   const foreign: string[] = []
   for (const name of Object.keys(options)) {
     if (PLUGIN_OPTIONS.includes(name)) continue
-    const like = PLUGIN_OPTIONS.find((option) => looksLike(name, option))
-    if (like !== undefined) invalid(name, `not an option; did you mean "${like}"?`)
+    const like = lookalike(name, PLUGIN_OPTIONS)
+    if (like !== undefined) invalid(name, notAnOption(like))
     foreign.push(name)
   }
   return foreign
