@@ -21,9 +21,18 @@
 // One server per implementation serves the routes in turn, as in a round of
 // bench/run.js; every response is checked as there.
 //
+// --cache-sim also counts, with callgrind's cache simulation (several times
+// slower again), the data reads and writes that miss the last-level cache.
+// Instructions do not see what a miss costs, and on a route that walks a
+// store of many sessions (`many`) the misses, not the instructions, are what
+// separates it from a route with one hot session. The simulated cache is
+// set by --ll (size,associativity,line size): 8 MB, 16-way by default, as a
+// VM's share of a server's L3 might be. Valgrind's own guess follows what
+// the CPU reports, which in a VM can be anything (512 MB, 2-way, on one).
+//
 //   node bench/instructions.js [--impls baseline,ours-memory,secure-session,fsession-memory,mgcrea-memory]
 //                              [--routes read,write,none,none-optout,many,new]
-//                              [--warmup 20] [--duration 6] [--windows 3]
+//                              [--warmup 20] [--duration 6] [--windows 3] [--cache-sim [--ll 8388608,16,64]]
 import { parseArgs } from 'node:util'
 import { execFileSync, spawnSync } from 'node:child_process'
 import { mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs'
@@ -43,7 +52,9 @@ const { values: opts } = parseArgs({
     duration: { type: 'string', default: '6' },
     windows: { type: 'string', default: '3' },
     connections: { type: 'string', default: '10' },
-    many: { type: 'string', default: '10000' }
+    many: { type: 'string', default: '10000' },
+    'cache-sim': { type: 'boolean', default: false },
+    ll: { type: 'string', default: '8388608,16,64' }
   }
 })
 
@@ -67,12 +78,31 @@ const connections = Number(opts.connections)
 rmSync(OUT, { recursive: true, force: true })
 mkdirSync(OUT, { recursive: true })
 
-/** The instructions in a callgrind output file: its `totals:` line (`summary:` may read 0 in a dump on request). */
-function instructionsIn (file) {
-  const line = readFileSync(file, 'utf8').split('\n').find((l) => l.startsWith('totals:'))
-  if (line === undefined) throw new Error(`${file}: no totals line`)
-  return Number(line.split(/\s+/)[1])
+const cacheSim = opts['cache-sim']
+
+/**
+ * The counts in a callgrind output file, by event name (`Ir`, and with the
+ * cache simulation `DLmr`, `DLmw`, …): its `totals:` line, whose order the
+ * `events:` line gives (`summary:` may read 0 in a dump on request).
+ */
+function countsIn (file) {
+  const lines = readFileSync(file, 'utf8').split('\n')
+  const events = lines.find((l) => l.startsWith('events:'))
+  const totals = lines.find((l) => l.startsWith('totals:'))
+  if (events === undefined || totals === undefined) throw new Error(`${file}: no events or totals line`)
+  const names = events.split(/\s+/).slice(1)
+  const values = totals.split(/\s+/).slice(1).map(Number)
+  return Object.fromEntries(names.map((name, i) => [name, values[i] ?? 0]))
 }
+
+/** Per request: instructions, and with the cache simulation last-level data misses. */
+function perRequestIn (file, responses) {
+  const counts = countsIn(file)
+  return { instructions: counts.Ir / responses, misses: cacheSim ? (counts.DLmr + counts.DLmw) / responses : null }
+}
+
+const fmt = (n) => Math.round(n).toLocaleString('en')
+const fmtMisses = (n) => n.toFixed(1)
 
 /** The newest dump callgrind wrote for that server (`<impl>.<pid>.<n>`). */
 function latestDump (implId, pid) {
@@ -90,7 +120,7 @@ try {
     const server = startChild(SERVERS_DIR + impl.script, [JSON.stringify(impl.config)], {
       core: 0,
       timeoutMs: 300_000,
-      wrapper: ['valgrind', '--tool=callgrind', '--instr-atstart=no', '--smc-check=all-non-file', `--callgrind-out-file=${outFile}`]
+      wrapper: ['valgrind', '--tool=callgrind', '--instr-atstart=no', '--smc-check=all-non-file', ...(cacheSim ? ['--cache-sim=yes', `--LL=${opts.ll}`] : []), `--callgrind-out-file=${outFile}`]
     })
     try {
       const { port } = await server.ready
@@ -113,11 +143,13 @@ try {
           execFileSync('callgrind_control', ['--instr=off', pid], { stdio: 'ignore' })
           execFileSync('callgrind_control', [`--dump=${route}-${w}`, pid], { stdio: 'ignore' })
           bad.push(...problems(res, `window ${w + 1}`))
-          windows.push(instructionsIn(latestDump(impl.id, pid)) / res.responses)
+          windows.push(perRequestIn(latestDump(impl.id, pid), res.responses))
         }
-        const perRequest = median(windows)
-        results.push({ impl: impl.id, label: impl.label, route, perRequest, bad })
-        console.log(`${impl.id.padEnd(16)} ${route.padEnd(12)} ${Math.round(perRequest).toLocaleString('en').padStart(9)} instructions/req (windows: ${windows.map((w) => Math.round(w).toLocaleString('en')).join(', ')})${bad.length > 0 ? ' FAILED ' + bad.join('; ') : ''}`)
+        const perRequest = median(windows.map((w) => w.instructions))
+        const misses = cacheSim ? median(windows.map((w) => w.misses)) : null
+        results.push({ impl: impl.id, label: impl.label, route, perRequest, misses, bad })
+        const missText = cacheSim ? `, ${fmtMisses(misses)} LL data misses/req (windows: ${windows.map((w) => fmtMisses(w.misses)).join(', ')})` : ''
+        console.log(`${impl.id.padEnd(16)} ${route.padEnd(12)} ${fmt(perRequest).padStart(9)} instructions/req (windows: ${windows.map((w) => fmt(w.instructions)).join(', ')})${missText}${bad.length > 0 ? ' FAILED ' + bad.join('; ') : ''}`)
       }
     } finally {
       await server.stop(20_000)
@@ -127,14 +159,16 @@ try {
   await load.stop()
 }
 
-const baseline = new Map(results.filter((r) => r.impl === 'baseline').map((r) => [r.route, r.perRequest]))
-console.log('\n| implementation | route | instructions/req | over bare Fastify | ratio |')
-console.log('| --- | --- | ---: | ---: | ---: |')
+const baseline = new Map(results.filter((r) => r.impl === 'baseline').map((r) => [r.route, r]))
+console.log(`\n| implementation | route | instructions/req | over bare Fastify | ratio |${cacheSim ? ' LL data misses/req | over bare Fastify |' : ''}`)
+console.log(`| --- | --- | ---: | ---: | ---: |${cacheSim ? ' ---: | ---: |' : ''}`)
 for (const r of results) {
   const b = baseline.get(r.route)
-  const cell = r.bad.length > 0 ? 'FAILED' : Math.round(r.perRequest).toLocaleString('en')
-  const over = b === undefined || r.bad.length > 0 ? '' : (r.perRequest - b >= 0 ? '+' : '') + Math.round(r.perRequest - b).toLocaleString('en')
-  const ratio = b === undefined || r.bad.length > 0 ? '' : (b / r.perRequest).toFixed(2)
-  console.log(`| ${r.label} | ${r.route} | ${cell} | ${over} | ${ratio} |`)
+  const failed = r.bad.length > 0
+  const over = (mine, theirs, format) => b === undefined || failed ? '' : (mine - theirs >= 0 ? '+' : '') + format(mine - theirs)
+  const cell = failed ? 'FAILED' : fmt(r.perRequest)
+  const ratio = b === undefined || failed ? '' : (b.perRequest / r.perRequest).toFixed(2)
+  const missCells = cacheSim ? ` ${failed ? '' : fmtMisses(r.misses)} | ${over(r.misses, b?.misses, fmtMisses)} |` : ''
+  console.log(`| ${r.label} | ${r.route} | ${cell} | ${over(r.perRequest, b?.perRequest, fmt)} | ${ratio} |${missCells}`)
 }
 process.exitCode = results.some((r) => r.bad.length > 0) ? 1 : 0
