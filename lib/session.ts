@@ -1,6 +1,6 @@
 import { FST_SESSION_DESTROYED, FST_SESSION_INVALID_USER, FST_SESSION_NOT_SERIALIZABLE, FST_SESSION_STORE_UNAVAILABLE, FST_SESSION_TOO_LARGE } from './errors.js'
 import { generateId, storeKey } from './id.js'
-import { entrySize, toJson } from './json.js'
+import { entrySize, parseJson, toJson } from './json.js'
 import type { StoredSession } from './provider.js'
 import type { SessionManager } from './manager.js'
 
@@ -118,7 +118,7 @@ export class Session {
     if (this.#objects !== null && this.#objects.has(key)) return this.#objects.get(key) as SessionValue<Key>
     const json = this.#json(key)
     if (json === undefined) return undefined
-    const value = JSON.parse(json)
+    const value = parseJson(json)
     if (typeof value === 'object' && value !== null) {
       if (this.#objects === null) this.#objects = new Map()
       this.#objects.set(key, value)
