@@ -46,6 +46,30 @@ testProvider(t, {
       for (const key of [a, c, d]) t.not(provider.get(key), null, 'the others stay')
     })
 
+    t.test('get answers the data as a Map would, and what a reader got stays as it was through later writes', async (t) => {
+      const provider = new MemoryProvider()
+      const key = newKey()
+      const now = Date.now()
+      provider.create(key, { data: new Map([['a', '1'], ['b', '"x"']]), createdAt: now, lastSeenAt: now, expiresAt: now + HOUR, user: null })
+      const data = provider.get(key)?.data as ReadonlyMap<string, string>
+      t.equal(data.size, 2)
+      t.equal(data.get('b'), '"x"')
+      t.equal(data.get('c'), undefined)
+      t.ok(data.has('a'))
+      t.notOk(data.has('c'))
+      t.same([...data], [['a', '1'], ['b', '"x"']], 'iterates its entries in order')
+      t.same([...data.entries()], [['a', '1'], ['b', '"x"']])
+      t.same([...data.keys()], ['a', 'b'])
+      t.same([...data.values()], ['1', '"x"'])
+      const seen: unknown[] = []
+      const thisArg = {}
+      data.forEach(function (this: unknown, json, name, map) { seen.push([json, name, map === data, this === thisArg]) }, thisArg)
+      t.same(seen, [['1', 'a', true, true], ['"x"', 'b', true, true]])
+      provider.update(key, { set: new Map([['a', '2'], ['c', '3']]), delete: ['b'], lastSeenAt: now, expiresAt: now + HOUR })
+      t.same(new Map(data), new Map([['a', '1'], ['b', '"x"']]), 'the earlier read is unchanged')
+      t.same(new Map(provider.get(key)?.data), new Map([['a', '2'], ['c', '3']]), 'a new read sees the write')
+    })
+
     t.test('eviction also drops the user index entry', async (t) => {
       const provider = new MemoryProvider({ maxSessions: 2 })
       const [a, b, c] = [newKey(), newKey(), newKey()]
