@@ -79,12 +79,21 @@ function sessionCookie (res: LightMyRequestResponse): SessionCookie | undefined 
   return cookie && { ...cookie, id: cookie.value.slice(0, cookie.value.lastIndexOf('.')) }
 }
 
+/** A key no record holds. */
+const ABSENT = 'fastify-sessions kit: absent'
+
 /**
  * A record's data as a `Map`, to compare: the contract asks for a
- * `ReadonlyMap`, of whatever class. A missing record fails the test here.
+ * `ReadonlyMap`, of whatever class, so its `size`, `get` and `has` are
+ * checked against what it iterates. A missing record fails the test here.
  */
-function dataOf (record: StoredSession | null | undefined): Map<string, string> {
-  return new Map((record as StoredSession).data)
+function dataOf (t: Test, record: StoredSession | null | undefined): Map<string, string> {
+  const data = (record as StoredSession).data
+  const copy = new Map(data)
+  const consistent = data.size === copy.size && !data.has(ABSENT) && data.get(ABSENT) === undefined &&
+    [...copy].every(([name, json]) => data.has(name) && data.get(name) === json)
+  t.ok(consistent, 'the data answers size, get and has as it iterates')
+  return copy
 }
 
 function keysOf (records: readonly UserSessionRecord[]): string[] {
@@ -152,7 +161,7 @@ export function testProvider<P extends SessionProvider> (t: Test, options: Confo
       }
       t.equal(await provider.create(key, session), true, 'create answers true')
       const stored = await provider.get(key)
-      t.strictSame(dataOf(stored), session.data, 'every JSON text comes back verbatim, as a string')
+      t.strictSame(dataOf(t, stored), session.data, 'every JSON text comes back verbatim, as a string')
       t.equal(stored?.createdAt, session.createdAt, 'createdAt')
       t.equal(stored?.lastSeenAt, session.lastSeenAt, 'lastSeenAt')
       t.equal(stored?.expiresAt, session.expiresAt, 'expiresAt')
@@ -162,7 +171,7 @@ export function testProvider<P extends SessionProvider> (t: Test, options: Confo
       const provider = await open(t)
       const key = newKey()
       t.equal(await provider.create(key, newSession([])), true, 'create answers true')
-      t.same(dataOf(await provider.get(key)), new Map())
+      t.same(dataOf(t, await provider.get(key)), new Map())
     })
 
     t.test('an update that deletes every key leaves a live record with no data', async (t) => {
@@ -170,7 +179,7 @@ export function testProvider<P extends SessionProvider> (t: Test, options: Confo
       const key = newKey()
       await provider.create(key, newSession([['a', '1'], ['b', '2']]))
       t.equal(await provider.update(key, patch({ delete: ['a', 'b'] })), true, 'update answers true')
-      t.same(dataOf(await provider.get(key)), new Map(), 'the record stays, empty')
+      t.same(dataOf(t, await provider.get(key)), new Map(), 'the record stays, empty')
       t.equal(await provider.update(key, patch({ set: new Map([['c', '3']]) })), true, 'and takes new keys')
     })
 
@@ -237,7 +246,7 @@ export function testProvider<P extends SessionProvider> (t: Test, options: Confo
       const change = patch({ set: new Map([['change', '2'], ['add', '{"x":[1]}']]), delete: ['drop', 'never-there'] })
       t.equal(await provider.update(key, change), true, 'update answers true')
       const stored = await provider.get(key)
-      t.same(dataOf(stored), new Map([['keep', '"k"'], ['change', '2'], ['add', '{"x":[1]}']]), 'set and deleted keys change, the rest stay')
+      t.same(dataOf(t, stored), new Map([['keep', '"k"'], ['change', '2'], ['add', '{"x":[1]}']]), 'set and deleted keys change, the rest stay')
       t.equal(stored?.data.get('keep'), '"k"', 'an untouched text stays exactly as it was')
       t.equal(stored?.data.get('change'), '2', 'a changed one is the text given')
       t.equal(stored?.createdAt, session.createdAt, 'createdAt stays')
@@ -253,7 +262,7 @@ export function testProvider<P extends SessionProvider> (t: Test, options: Confo
       const answers = await Promise.all(names.map((name, i) => provider.update(key, patch({ set: new Map([[name, String(i)]]) }))))
       t.same(answers, names.map(() => true), 'every update answers true')
       const stored = await provider.get(key)
-      t.same(dataOf(stored), new Map([['base', '0'], ...names.map((name, i): [string, string] => [name, String(i)])]))
+      t.same(dataOf(t, stored), new Map([['base', '0'], ...names.map((name, i): [string, string] => [name, String(i)])]))
     })
 
     t.test('an update after destroy answers false and does not resurrect the record', async (t) => {
@@ -282,7 +291,7 @@ export function testProvider<P extends SessionProvider> (t: Test, options: Confo
         const key = newKey()
         await provider.create(key, newSession([['a', '1'], ['b', '2']]))
         await Promise.all([provider.update(key, patch({ delete: ['a'] })), provider.update(key, patch({ set: new Map([['c', '3']]) }))])
-        t.same(dataOf(await provider.get(key)), new Map([['b', '2'], ['c', '3']]), `round ${round}`)
+        t.same(dataOf(t, await provider.get(key)), new Map([['b', '2'], ['c', '3']]), `round ${round}`)
       }
     })
 
@@ -306,7 +315,7 @@ export function testProvider<P extends SessionProvider> (t: Test, options: Confo
       await provider.create(key, first)
       t.equal(await provider.create(key, newSession([['who', '"second"']])), false, 'second create answers false')
       const stored = await provider.get(key)
-      t.same(dataOf(stored), first.data, 'the original data is intact')
+      t.same(dataOf(t, stored), first.data, 'the original data is intact')
       t.equal(stored?.expiresAt, first.expiresAt, 'the original deadline is intact')
     })
 
@@ -318,7 +327,7 @@ export function testProvider<P extends SessionProvider> (t: Test, options: Confo
       await waitPast(old.expiresAt)
       const fresh = newSession([['who', '"new"']])
       t.equal(await provider.create(key, fresh), true, 'create answers true')
-      t.same(dataOf(await provider.get(key)), fresh.data, 'the new record is stored')
+      t.same(dataOf(t, await provider.get(key)), fresh.data, 'the new record is stored')
     })
 
     t.test('create with replaces moves the session to the new key', async (t) => {
@@ -329,7 +338,7 @@ export function testProvider<P extends SessionProvider> (t: Test, options: Confo
       const moved = newSession([['who', '"moved"']])
       t.equal(await provider.create(key, moved, oldKey), true, 'create answers true')
       t.equal(await provider.get(oldKey), null, 'the old key is gone')
-      t.same(dataOf(await provider.get(key)), moved.data, 'the new key holds the new record')
+      t.same(dataOf(t, await provider.get(key)), moved.data, 'the new key holds the new record')
     })
 
     t.test('create with replaces stores the new record\'s times, not the old one\'s', async (t) => {
@@ -373,8 +382,8 @@ export function testProvider<P extends SessionProvider> (t: Test, options: Confo
       await provider.create(oldKey, old)
       await provider.create(key, taken)
       t.equal(await provider.create(key, newSession([['who', '"moved"']]), oldKey), false, 'create answers false')
-      t.same(dataOf(await provider.get(oldKey)), old.data, 'the record to replace stays')
-      t.same(dataOf(await provider.get(key)), taken.data, 'the taken key keeps its record')
+      t.same(dataOf(t, await provider.get(oldKey)), old.data, 'the record to replace stays')
+      t.same(dataOf(t, await provider.get(key)), taken.data, 'the taken key keeps its record')
     })
 
     t.test('a touch extends the deadline and the record expires once the new one passes', async (t) => {
@@ -409,7 +418,7 @@ export function testProvider<P extends SessionProvider> (t: Test, options: Confo
       const touch = patch({ lastSeenAt: session.lastSeenAt + 1000, expiresAt: session.expiresAt + 1000 })
       t.equal(await provider.update(key, touch), true, 'touch answers true')
       const stored = await provider.get(key)
-      t.same(dataOf(stored), session.data, 'data unchanged')
+      t.same(dataOf(t, stored), session.data, 'data unchanged')
       t.equal(stored?.createdAt, session.createdAt, 'createdAt unchanged')
       t.equal(stored?.lastSeenAt, touch.lastSeenAt, 'lastSeenAt moved')
       t.equal(stored?.expiresAt, touch.expiresAt, 'expiresAt moved')
@@ -427,7 +436,7 @@ export function testProvider<P extends SessionProvider> (t: Test, options: Confo
         (async () => data.set('injected', 'true'))(),
         (async () => data.delete('b'))()
       ])
-      t.same(dataOf(await provider.get(key)), session.data)
+      t.same(dataOf(t, await provider.get(key)), session.data)
     })
 
     t.test('changing the times on what get returned does not change the store', async (t) => {
@@ -453,7 +462,7 @@ export function testProvider<P extends SessionProvider> (t: Test, options: Confo
       await provider.create(key, session)
       const stored = await provider.get(key) as StoredSession
       await provider.update(key, patch({ set: new Map([['a', '2']]), lastSeenAt: session.lastSeenAt + 1000, expiresAt: session.expiresAt + 1000 }))
-      t.same(dataOf(stored), session.data, 'data')
+      t.same(dataOf(t, stored), session.data, 'data')
       t.equal(stored.lastSeenAt, session.lastSeenAt, 'lastSeenAt')
       t.equal(stored.expiresAt, session.expiresAt, 'expiresAt')
     })
@@ -467,7 +476,7 @@ export function testProvider<P extends SessionProvider> (t: Test, options: Confo
       const set = new Map([['b', '2']])
       await provider.update(key, patch({ set }))
       set.set('b', '"changed"')
-      t.same(dataOf(await provider.get(key)), new Map([['a', '1'], ['b', '2']]))
+      t.same(dataOf(t, await provider.get(key)), new Map([['a', '1'], ['b', '2']]))
     })
 
     t.test('a value of over a mebibyte of JSON round-trips', async (t) => {
@@ -499,7 +508,7 @@ export function testProvider<P extends SessionProvider> (t: Test, options: Confo
         ['escapes', JSON.stringify('nul \u0000 tab \t line sep \u2028 lone \ud800')]
       ])
       await provider.create(key, newSession(data))
-      t.same(dataOf(await provider.get(key)), data)
+      t.same(dataOf(t, await provider.get(key)), data)
     })
 
     t.test('empty values, long keys and keys differing only in case or normalisation stay apart and verbatim', async (t) => {
@@ -519,12 +528,12 @@ export function testProvider<P extends SessionProvider> (t: Test, options: Confo
         ['KEY', '"caps"']
       ])
       await provider.create(key, newSession(data))
-      t.same(dataOf(await provider.get(key)), data, 'as created')
+      t.same(dataOf(t, await provider.get(key)), data, 'as created')
       await provider.update(key, patch({ set: new Map([['key', '"changed"'], ['empty', '""']]), delete: ['Key'] }))
       const after = new Map(data)
       after.set('key', '"changed"')
       after.delete('Key')
-      t.same(dataOf(await provider.get(key)), after, 'after an update naming one of the look-alikes')
+      t.same(dataOf(t, await provider.get(key)), after, 'after an update naming one of the look-alikes')
     })
 
     t.test('keys that name object internals are ordinary keys', async (t) => {
@@ -537,7 +546,7 @@ export function testProvider<P extends SessionProvider> (t: Test, options: Confo
       ])
       await provider.create(key, newSession(data))
       await provider.update(key, patch({ set: new Map([['toString', '"shadow"'], ['hasOwnProperty', '"shadow"']]) }))
-      t.same(dataOf(await provider.get(key)), new Map([...data, ['toString', '"shadow"'], ['hasOwnProperty', '"shadow"']]), 'all keys round-trip')
+      t.same(dataOf(t, await provider.get(key)), new Map([...data, ['toString', '"shadow"'], ['hasOwnProperty', '"shadow"']]), 'all keys round-trip')
       t.equal(Object.hasOwn(Object.prototype, 'polluted'), false, 'Object.prototype is not polluted')
       t.equal(Object.prototype.toString, {}.toString, 'Object.prototype.toString is intact')
     })
@@ -633,10 +642,10 @@ export function testProvider<P extends SessionProvider> (t: Test, options: Confo
       t.equal(await provider.update(key, patch({ set: new Map([['a', '3']]), delete: ['b'], user: bob })), true, 'update answers true')
       t.same(await provider.listByUser!(alice, []), [], 'gone from the old user')
       t.same(keysOf(await provider.listByUser!(bob, [])), [key], 'listed under the new user')
-      t.same(dataOf(await provider.get(key)), new Map([['a', '3']]), 'and the data changed too')
+      t.same(dataOf(t, await provider.get(key)), new Map([['a', '3']]), 'and the data changed too')
       t.equal(await provider.update(key, patch({ set: new Map([['c', '4']]), user: null })), true, 'update answers true')
       await reachesNothing(t, provider, bob, 'no longer listed', 'destroyByUser does not reach it')
-      t.same(dataOf(await provider.get(key)), new Map([['a', '3'], ['c', '4']]), 'the session itself stays, changed')
+      t.same(dataOf(t, await provider.get(key)), new Map([['a', '3'], ['c', '4']]), 'the session itself stays, changed')
     })
 
     t.test('a refused create changes nothing, its owner included', noUsers, async (t) => {
@@ -801,7 +810,7 @@ export function testProvider<P extends SessionProvider> (t: Test, options: Confo
       await waitPast(session.expiresAt)
       t.same(keysOf(await provider.listByUser!(user, [])), [owned], 'listed with its new deadline')
       t.equal(await provider.destroyByUser!(user), 1, 'and destroyByUser reaches it')
-      t.same(dataOf(await provider.get(unowned)), new Map([['a', '1']]))
+      t.same(dataOf(t, await provider.get(unowned)), new Map([['a', '1']]))
     })
 
     t.test('an update with user null removes the session from the index only', noUsers, async (t) => {

@@ -36,7 +36,7 @@ class Entry {
   expires: number
 
   constructor (
-    public pairs: string[],
+    public pairs: readonly string[],
     readonly createdAt: number,
     lastSeenAt: number,
     expiresAt: number,
@@ -62,7 +62,8 @@ class Entry {
   }
 
   toStored (): StoredSession {
-    return { data: new PairsView(this.pairs), createdAt: this.createdAt, lastSeenAt: this.lastSeenAt, expiresAt: this.expiresAt }
+    const pairs = this.pairs
+    return { data: pairs.length > VIEW_KEYS * 2 ? new Map(new PairsView(pairs)) : new PairsView(pairs), createdAt: this.createdAt, lastSeenAt: this.lastSeenAt, expiresAt: this.expiresAt }
   }
 }
 
@@ -72,47 +73,51 @@ function jsonOf (pairs: readonly string[], name: string): string | undefined {
 }
 
 /**
- * A record's data as its reader sees it: the entry's pairs array, which
- * nothing changes, behind the `ReadonlyMap` a provider answers. Building a
- * `Map` instead cost a quarter of a kilobyte and two hash inserts on every
- * read; sessions hold few keys, so a walk of the array finds one as fast.
+ * Up to how many keys a reader gets the data as a view; a larger record is
+ * handed out as a `Map`, whose lookups do not walk every key.
+ */
+const VIEW_KEYS = 16
+
+/**
+ * A record's data as its reader sees it: the entry's frozen pairs array
+ * behind the `ReadonlyMap` a provider answers. Building a `Map` instead cost
+ * a quarter of a kilobyte and two hash inserts on every read; for the few
+ * keys a session mostly holds, a walk of the array finds one as fast. The
+ * array is a public field so that inspecting or deep-comparing views shows
+ * their data.
  */
 class PairsView implements ReadonlyMap<string, string> {
-  readonly #pairs: readonly string[]
-
-  constructor (pairs: readonly string[]) {
-    this.#pairs = pairs
-  }
+  constructor (readonly pairs: readonly string[]) {}
 
   get size (): number {
-    return this.#pairs.length >>> 1
+    return this.pairs.length >>> 1
   }
 
   get (name: string): string | undefined {
-    return jsonOf(this.#pairs, name)
+    return jsonOf(this.pairs, name)
   }
 
   has (name: string): boolean {
-    return jsonOf(this.#pairs, name) !== undefined
+    return jsonOf(this.pairs, name) !== undefined
   }
 
   forEach (callback: (json: string, name: string, map: ReadonlyMap<string, string>) => void, thisArg?: unknown): void {
-    const pairs = this.#pairs
+    const pairs = this.pairs
     for (let i = 0; i < pairs.length; i += 2) callback.call(thisArg, pairs[i + 1], pairs[i], this)
   }
 
   * entries (): MapIterator<[string, string]> {
-    const pairs = this.#pairs
+    const pairs = this.pairs
     for (let i = 0; i < pairs.length; i += 2) yield [pairs[i], pairs[i + 1]]
   }
 
   * keys (): MapIterator<string> {
-    const pairs = this.#pairs
+    const pairs = this.pairs
     for (let i = 0; i < pairs.length; i += 2) yield pairs[i]
   }
 
   * values (): MapIterator<string> {
-    const pairs = this.#pairs
+    const pairs = this.pairs
     for (let i = 1; i < pairs.length; i += 2) yield pairs[i]
   }
 
@@ -121,15 +126,18 @@ class PairsView implements ReadonlyMap<string, string> {
   }
 }
 
-/** The data as a flat array of exactly its size (`push` would reserve room for growth it never gets). */
-function toPairs (data: ReadonlyMap<string, string>): string[] {
+/**
+ * The data as a flat array of exactly its size (`push` would reserve room
+ * for growth it never gets), frozen: readers are handed it (see PairsView).
+ */
+function toPairs (data: ReadonlyMap<string, string>): readonly string[] {
   const pairs = new Array<string>(data.size * 2)
   let i = 0
   for (const [name, json] of data) {
     pairs[i++] = name
     pairs[i++] = json
   }
-  return pairs
+  return Object.freeze(pairs)
 }
 
 /**

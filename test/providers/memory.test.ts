@@ -70,6 +70,23 @@ testProvider(t, {
       t.same(new Map(provider.get(key)?.data), new Map([['a', '2'], ['c', '3']]), 'a new read sees the write')
     })
 
+    t.test('a record of more than 16 keys is read as a Map, whose lookups do not walk every key; the array behind a view is frozen', async (t) => {
+      const provider = new MemoryProvider()
+      const now = Date.now()
+      const record = (keys: number): NewSession => ({ data: new Map(Array.from({ length: keys }, (_, i): [string, string] => ['k' + i, String(i)])), createdAt: now, lastSeenAt: now, expiresAt: now + HOUR, user: null })
+      const [small, large] = [newKey(), newKey()]
+      provider.create(small, record(16))
+      provider.create(large, record(17))
+      const view = provider.get(small)?.data as ReadonlyMap<string, string> & { pairs: readonly string[] }
+      t.notOk(view instanceof Map, '16 keys: a view')
+      t.ok(Object.isFrozen(view.pairs), 'over an array nobody can change')
+      t.throws(() => { (view.pairs as string[])[1] = '"changed"' }, TypeError)
+      t.equal(provider.get(small)?.data.get('k0'), '0', 'the store is intact')
+      const map = provider.get(large)?.data
+      t.ok(map instanceof Map, '17 keys: a Map')
+      t.equal(map?.get('k16'), '16')
+    })
+
     t.test('eviction also drops the user index entry', async (t) => {
       const provider = new MemoryProvider({ maxSessions: 2 })
       const [a, b, c] = [newKey(), newKey(), newKey()]
