@@ -28,8 +28,8 @@ export const MEMORY_PROVIDER = 'memory'
  * absolute lifetime, so the offsets stay small integers that V8 keeps
  * unboxed, where three epoch timestamps would each take a boxed number.
  * The array is never changed once made (a write makes a new one), so a
- * reader gets a read-only view of it: what a request loaded stays as it
- * was, whatever other requests write meanwhile, and nothing is copied.
+ * reader gets a read-only view of it (a copy above `VIEW_KEYS` keys): what a
+ * request loaded stays as it was, whatever other requests write meanwhile.
  */
 class Entry {
   lastSeen: number
@@ -63,7 +63,7 @@ class Entry {
 
   toStored (): StoredSession {
     const pairs = this.pairs
-    return { data: pairs.length > VIEW_KEYS * 2 ? new Map(new PairsView(pairs)) : new PairsView(pairs), createdAt: this.createdAt, lastSeenAt: this.lastSeenAt, expiresAt: this.expiresAt }
+    return { data: pairs.length > VIEW_KEYS * 2 ? toMap(pairs) : new PairsView(pairs), createdAt: this.createdAt, lastSeenAt: this.lastSeenAt, expiresAt: this.expiresAt }
   }
 }
 
@@ -124,6 +124,13 @@ class PairsView implements ReadonlyMap<string, string> {
   [Symbol.iterator] (): MapIterator<[string, string]> {
     return this.entries()
   }
+}
+
+/** The pairs as a `Map` of their own, for a large record's reader or a write to build on. */
+function toMap (pairs: readonly string[]): Map<string, string> {
+  const data = new Map<string, string>()
+  for (let i = 0; i < pairs.length; i += 2) data.set(pairs[i], pairs[i + 1])
+  return data
 }
 
 /**
@@ -203,7 +210,7 @@ export class MemoryProvider implements SessionProvider {
     if (entry === undefined) return false
     if (patch.set !== null || patch.delete !== null) {
       // a new array rather than edits in place: a reader may be walking the old one
-      const data = new Map(new PairsView(entry.pairs))
+      const data = toMap(entry.pairs)
       if (patch.set !== null) for (const [name, json] of patch.set) data.set(name, json)
       if (patch.delete !== null) for (const name of patch.delete) data.delete(name)
       entry.pairs = toPairs(data)
