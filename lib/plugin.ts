@@ -8,6 +8,7 @@ import { isStoreFailure, SessionManager } from './manager.js'
 import { foreignOptions, resolveOptions, type SessionPluginOptions } from './options.js'
 import { isStateless, type SessionProvider, type StatelessSessionProvider } from './provider.js'
 import { getProvider } from './registry.js'
+import { routeConfigReader } from './route-config.js'
 import { Session } from './session.js'
 
 declare module 'fastify' {
@@ -139,10 +140,12 @@ async function fastifySessions (fastify: FastifyInstance, options: SessionPlugin
     return STORE_UNAVAILABLE_BODY
   }
 
+  // read on every request rather than kept by an onRoute hook, which never
+  // sees the routes declared before the plugin
+  const routeConfigOf = routeConfigReader()
+
   fastify.addHook('onRequest', function loadSession (request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction) {
-    // routeOptions builds an object on each read (about 0.1 µs), but an onRoute
-    // hook that would spare it never sees routes declared before the plugin
-    if (request.routeOptions.config.session === false) {
+    if (routeConfigOf(request).session === false) {
       done()
       return
     }
