@@ -371,7 +371,8 @@ export class Session {
 
   /** @internal Every key with its JSON text, once the changes are applied. */
   entries (): Map<string, string> {
-    const entries = new Map(this.#stored())
+    // a Map made from another walks it through the iterator protocol, empty or not
+    const entries = this.#record === null ? new Map<string, string>() : new Map(this.#record.data)
     if (this.#pending !== null) {
       for (const [key, json] of this.#pending) {
         if (json === null) entries.delete(key)
