@@ -30,9 +30,16 @@
 // VM's share of a server's L3 might be. Valgrind's own guess follows what
 // the CPU reports, which in a VM can be anything (512 MB, 2-way, on one).
 //
+// --functions N prints, per route, the N functions with the most
+// instructions of their own in the median window. Callgrind knows no names
+// for code V8 compiled; the server runs with --perf-basic-prof, and such an
+// address is named from the map V8 writes (/tmp/perf-<pid>.map). A function
+// V8 compiled more than once is listed once per copy.
+//
 //   node bench/instructions.js [--impls baseline,ours-memory,secure-session,fsession-memory,mgcrea-memory]
 //                              [--routes read,write,none,none-optout,many,new]
 //                              [--warmup 20] [--duration 6] [--windows 3] [--cache-sim [--ll 8388608,16,64]]
+//                              [--functions 30]
 import { parseArgs } from 'node:util'
 import { execFileSync, spawnSync } from 'node:child_process'
 import { mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs'
@@ -54,6 +61,7 @@ const { values: opts } = parseArgs({
     connections: { type: 'string', default: '10' },
     many: { type: 'string', default: '10000' },
     'cache-sim': { type: 'boolean', default: false },
+    functions: { type: 'string', default: '0' },
     ll: { type: 'string', default: '8388608,16,64' }
   }
 })
@@ -63,6 +71,7 @@ if (spawnSync('valgrind', ['--version'], { stdio: 'ignore' }).status !== 0) {
   process.exit(2)
 }
 
+const functionCount = Number(opts.functions)
 const all = implementations({})
 const impls = opts.impls.split(',').map((id) => {
   const impl = all.find((i) => i.id === id)
@@ -101,6 +110,54 @@ function perRequestIn (file, responses) {
   return { instructions: counts.Ir / responses, misses: cacheSim ? (counts.DLmr + counts.DLmw) / responses : null }
 }
 
+/** The functions with the most instructions of their own in a dump, compiled JavaScript named through V8's perf map. */
+function topFunctions (file, pid, responses, count) {
+  const jit = readPerfMap(`/tmp/perf-${pid}.map`)
+  const annotated = execFileSync('callgrind_annotate', ['--inclusive=no', '--threshold=100', file], { encoding: 'utf8', maxBuffer: 256 * 1024 * 1024 })
+  const rows = []
+  for (const line of annotated.split('\n')) {
+    const match = /^\s*([\d,]+) \([ \d.]+%\)\s+(\S.*)$/.exec(line)
+    if (match === null || match[2].startsWith('PROGRAM TOTALS')) continue
+    const address = /^\?\?\?:0x([0-9a-f]+) /.exec(match[2])
+    const name = address === null ? match[2].replace(/ \[[^\]]*\]$/, '') : nameAt(jit, parseInt(address[1], 16)) ?? match[2]
+    rows.push({ name, perRequest: Number(match[1].replaceAll(',', '')) / responses })
+    if (rows.length === count) break
+  }
+  return rows
+}
+
+/** V8's perf map as sorted [start, end, name] triples. */
+function readPerfMap (path) {
+  let text = ''
+  try {
+    text = readFileSync(path, 'utf8')
+  } catch {
+    return []
+  }
+  const entries = []
+  for (const line of text.split('\n')) {
+    const match = /^([0-9a-f]+) ([0-9a-f]+) (.*)$/.exec(line)
+    if (match !== null) entries.push([parseInt(match[1], 16), parseInt(match[1], 16) + parseInt(match[2], 16), match[3]])
+  }
+  return entries.sort((a, b) => a[0] - b[0])
+}
+
+function nameAt (entries, address) {
+  let lo = 0
+  let hi = entries.length - 1
+  let found
+  while (lo <= hi) {
+    const mid = (lo + hi) >>> 1
+    if (entries[mid][0] <= address) {
+      found = entries[mid]
+      lo = mid + 1
+    } else {
+      hi = mid - 1
+    }
+  }
+  return found !== undefined && address < found[1] ? found[2] : undefined
+}
+
 const fmt = (n) => Math.round(n).toLocaleString('en')
 const fmtMisses = (n) => n.toFixed(1)
 
@@ -119,6 +176,7 @@ try {
     const outFile = `${OUT}${impl.id}.%p`
     const server = startChild(SERVERS_DIR + impl.script, [JSON.stringify(impl.config)], {
       core: 0,
+      nodeArgs: functionCount > 0 ? ['--perf-basic-prof'] : [],
       timeoutMs: 300_000,
       wrapper: ['valgrind', '--tool=callgrind', '--instr-atstart=no', '--smc-check=all-non-file', ...(cacheSim ? ['--cache-sim=yes', `--LL=${opts.ll}`] : []), `--callgrind-out-file=${outFile}`]
     })
@@ -143,13 +201,17 @@ try {
           execFileSync('callgrind_control', ['--instr=off', pid], { stdio: 'ignore' })
           execFileSync('callgrind_control', [`--dump=${route}-${w}`, pid], { stdio: 'ignore' })
           bad.push(...problems(res, `window ${w + 1}`))
-          windows.push(perRequestIn(latestDump(impl.id, pid), res.responses))
+          windows.push({ ...perRequestIn(latestDump(impl.id, pid), res.responses), file: latestDump(impl.id, pid), responses: res.responses })
         }
         const perRequest = median(windows.map((w) => w.instructions))
         const misses = cacheSim ? median(windows.map((w) => w.misses)) : null
         results.push({ impl: impl.id, label: impl.label, route, perRequest, misses, bad })
         const missText = cacheSim ? `, ${fmtMisses(misses)} LL data misses/req (windows: ${windows.map((w) => fmtMisses(w.misses)).join(', ')})` : ''
         console.log(`${impl.id.padEnd(16)} ${route.padEnd(12)} ${fmt(perRequest).padStart(9)} instructions/req (windows: ${windows.map((w) => fmt(w.instructions)).join(', ')})${missText}${bad.length > 0 ? ' FAILED ' + bad.join('; ') : ''}`)
+        if (functionCount > 0) {
+          const middle = windows.find((w) => w.instructions === perRequest)
+          for (const row of topFunctions(middle.file, pid, middle.responses, functionCount)) console.log(`  ${fmt(row.perRequest).padStart(7)}  ${row.name}`)
+        }
       }
     } finally {
       await server.stop(20_000)
