@@ -33,8 +33,10 @@
 // --functions N prints, per route, the N functions with the most
 // instructions of their own in the median window. Callgrind knows no names
 // for code V8 compiled; the server runs with --perf-basic-prof, and such an
-// address is named from the map V8 writes (/tmp/perf-<pid>.map). A function
-// V8 compiled more than once is listed once per copy.
+// address is named from the map V8 writes (/tmp/perf-<pid>.map), as it
+// stood when that window ended. A function V8 compiled more than once is
+// listed once per copy. Logging code creation costs a little, so counts
+// taken with --functions are a few hundred instructions above those without.
 //
 //   node bench/instructions.js [--impls baseline,ours-memory,secure-session,fsession-memory,mgcrea-memory]
 //                              [--routes read,write,none,none-optout,many,new]
@@ -42,7 +44,7 @@
 //                              [--functions 30]
 import { parseArgs } from 'node:util'
 import { execFileSync, spawnSync } from 'node:child_process'
-import { mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs'
+import { mkdirSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import { implementations, unavailableReason, ROUTES, SERVERS_DIR } from './lib/impls.js'
 import { startChild } from './lib/procs.js'
@@ -110,9 +112,9 @@ function perRequestIn (file, responses) {
   return { instructions: counts.Ir / responses, misses: cacheSim ? (counts.DLmr + counts.DLmw) / responses : null }
 }
 
-/** The functions with the most instructions of their own in a dump, compiled JavaScript named through V8's perf map. */
-function topFunctions (file, pid, responses, count) {
-  const jit = readPerfMap(`/tmp/perf-${pid}.map`)
+/** The functions with the most instructions of their own in a dump, compiled JavaScript named through V8's perf map (its first `mapBytes` bytes). */
+function topFunctions (file, pid, mapBytes, responses, count) {
+  const jit = readPerfMap(perfMapOf(pid), mapBytes)
   const annotated = execFileSync('callgrind_annotate', ['--inclusive=no', '--threshold=100', file], { encoding: 'utf8', maxBuffer: 256 * 1024 * 1024 })
   const rows = []
   for (const line of annotated.split('\n')) {
@@ -126,11 +128,22 @@ function topFunctions (file, pid, responses, count) {
   return rows
 }
 
-/** V8's perf map as sorted [start, end, name] triples. */
-function readPerfMap (path) {
+const perfMapOf = (pid) => `/tmp/perf-${pid}.map`
+
+/** How far V8's perf map has been written. */
+function perfMapBytes (pid) {
+  try {
+    return statSync(perfMapOf(pid)).size
+  } catch {
+    return 0
+  }
+}
+
+/** V8's perf map, up to `bytes`, as [start, end, name] triples in the order written. */
+function readPerfMap (path, bytes) {
   let text = ''
   try {
-    text = readFileSync(path, 'utf8')
+    text = readFileSync(path).subarray(0, bytes).toString('utf8')
   } catch {
     return []
   }
@@ -139,23 +152,15 @@ function readPerfMap (path) {
     const match = /^([0-9a-f]+) ([0-9a-f]+) (.*)$/.exec(line)
     if (match !== null) entries.push([parseInt(match[1], 16), parseInt(match[1], 16) + parseInt(match[2], 16), match[3]])
   }
-  return entries.sort((a, b) => a[0] - b[0])
+  return entries
 }
 
+/** The name of the code at `address`: the latest entry covering it, as V8 reuses the memory of code it dropped. */
 function nameAt (entries, address) {
-  let lo = 0
-  let hi = entries.length - 1
-  let found
-  while (lo <= hi) {
-    const mid = (lo + hi) >>> 1
-    if (entries[mid][0] <= address) {
-      found = entries[mid]
-      lo = mid + 1
-    } else {
-      hi = mid - 1
-    }
+  for (let i = entries.length - 1; i >= 0; i--) {
+    if (entries[i][0] <= address && address < entries[i][1]) return entries[i][2]
   }
-  return found !== undefined && address < found[1] ? found[2] : undefined
+  return undefined
 }
 
 const fmt = (n) => Math.round(n).toLocaleString('en')
@@ -176,7 +181,8 @@ try {
     const outFile = `${OUT}${impl.id}.%p`
     const server = startChild(SERVERS_DIR + impl.script, [JSON.stringify(impl.config)], {
       core: 0,
-      nodeArgs: functionCount > 0 ? ['--perf-basic-prof'] : [],
+      // --perf-basic-prof also writes a V8 log into the working directory
+      nodeArgs: functionCount > 0 ? ['--perf-basic-prof', '--logfile=/dev/null'] : [],
       timeoutMs: 300_000,
       wrapper: ['valgrind', '--tool=callgrind', '--instr-atstart=no', '--smc-check=all-non-file', ...(cacheSim ? ['--cache-sim=yes', `--LL=${opts.ll}`] : []), `--callgrind-out-file=${outFile}`]
     })
@@ -201,7 +207,7 @@ try {
           execFileSync('callgrind_control', ['--instr=off', pid], { stdio: 'ignore' })
           execFileSync('callgrind_control', [`--dump=${route}-${w}`, pid], { stdio: 'ignore' })
           bad.push(...problems(res, `window ${w + 1}`))
-          windows.push({ ...perRequestIn(latestDump(impl.id, pid), res.responses), file: latestDump(impl.id, pid), responses: res.responses })
+          windows.push({ ...perRequestIn(latestDump(impl.id, pid), res.responses), file: latestDump(impl.id, pid), responses: res.responses, mapBytes: perfMapBytes(pid) })
         }
         const perRequest = median(windows.map((w) => w.instructions))
         const misses = cacheSim ? median(windows.map((w) => w.misses)) : null
@@ -209,12 +215,14 @@ try {
         const missText = cacheSim ? `, ${fmtMisses(misses)} LL data misses/req (windows: ${windows.map((w) => fmtMisses(w.misses)).join(', ')})` : ''
         console.log(`${impl.id.padEnd(16)} ${route.padEnd(12)} ${fmt(perRequest).padStart(9)} instructions/req (windows: ${windows.map((w) => fmt(w.instructions)).join(', ')})${missText}${bad.length > 0 ? ' FAILED ' + bad.join('; ') : ''}`)
         if (functionCount > 0) {
-          const middle = windows.find((w) => w.instructions === perRequest)
-          for (const row of topFunctions(middle.file, pid, middle.responses, functionCount)) console.log(`  ${fmt(row.perRequest).padStart(7)}  ${row.name}`)
+          // the window nearest the median: with an even count the median is between two
+          const middle = windows.reduce((a, b) => Math.abs(b.instructions - perRequest) < Math.abs(a.instructions - perRequest) ? b : a)
+          for (const row of topFunctions(middle.file, pid, middle.mapBytes, middle.responses, functionCount)) console.log(`  ${fmt(row.perRequest).padStart(7)}  ${row.name}`)
         }
       }
     } finally {
       await server.stop(20_000)
+      if (functionCount > 0) rmSync(perfMapOf(server.child.pid), { force: true })
     }
   }
 } finally {

@@ -9,15 +9,16 @@ const CONTEXT_DESCRIPTION = 'fastify.context'
  * A reader of the `config` of a request's route, for the plugin to find
  * `session: false` on every request.
  *
- * `request.routeOptions` builds a thirteen-field object, and asks the server
+ * `request.routeOptions` builds a twelve-field object, and asks the server
  * whether it has version constraints, on every read: about 1,000
  * instructions, a third of what the plugin adds to a route that opts out.
  * Fastify keeps the route's context, whose `config` that getter hands out,
  * on the request under a symbol of its own. The reader looks for it on the
  * first request and takes it only when it leads to the very object
  * `routeOptions` gives; otherwise (another Fastify) it keeps to
- * `routeOptions`, so a change in Fastify's internals costs speed, never
- * correctness. The test of this module fails when the shortcut is not found.
+ * `routeOptions`. The check is made once: Fastify sets that symbol on every
+ * request it makes, to the context `routeOptions` reads. The test of this
+ * module fails when the shortcut is not taken on the installed Fastify.
  */
 export function routeConfigReader (): RouteConfigOf {
   let key: symbol | null | undefined
@@ -32,8 +33,8 @@ export function contextKey (request: FastifyRequest): symbol | null {
   const config = request.routeOptions.config
   for (const key of Object.getOwnPropertySymbols(request)) {
     if (key.description !== CONTEXT_DESCRIPTION) continue
-    const context: unknown = (request as unknown as Record<symbol, unknown>)[key]
-    if (typeof context === 'object' && context !== null && (context as { config?: unknown }).config === config) return key
+    const context = (request as unknown as Record<symbol, { config?: unknown } | null | undefined>)[key]
+    if (context?.config === config) return key
   }
   return null
 }
