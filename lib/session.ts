@@ -362,9 +362,9 @@ export class Session {
       }
     }
     if (changedInPlace || this.#sizeDeferred) {
-      const size = this.#size()
       const limit = this.#manager.options.maxSessionSize
-      if (size > limit) throw new FST_SESSION_TOO_LARGE(size, limit)
+      const size = this.#sizeOver(limit)
+      if (size !== -1) throw new FST_SESSION_TOO_LARGE(size, limit)
     }
     return this.#pending
   }
@@ -404,9 +404,9 @@ export class Session {
     const before = this.#pending.get(key)
     this.#pending.set(key, json)
     if (json === null) return
-    const size = this.#size()
     const limit = this.#manager.options.maxSessionSize
-    if (size <= limit) return
+    const size = this.#sizeOver(limit)
+    if (size === -1) return
     if (this.#holdsReadObjectsBesides(key)) {
       this.#sizeDeferred = true
       return
@@ -419,6 +419,25 @@ export class Session {
   #holdsReadObjectsBesides (key: string): boolean {
     const read = this.#read
     return read !== null && read.size > (read.has(key) ? 1 : 0)
+  }
+
+  /**
+   * The session's size (see #size) when it is over `limit`, else -1. Most
+   * calls are settled by a bound from string lengths, which serialises no key
+   * and measures no UTF-8: a UTF-16 unit takes at most 3 bytes of UTF-8, and
+   * at most 6 characters of a JSON string (`\uXXXX`); a key both stored and
+   * changed counts twice.
+   */
+  #sizeOver (limit: number): number {
+    let bound = 2
+    const add = (json: string | null, key: string): void => {
+      if (json !== null) bound += 6 * key.length + 3 * json.length + 4
+    }
+    this.#stored().forEach(add)
+    this.#pending?.forEach(add)
+    if (bound <= limit) return -1
+    const size = this.#size()
+    return size > limit ? size : -1
   }
 
   /** Bytes of the session's JSON with the pending changes applied. */

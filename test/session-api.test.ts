@@ -1,5 +1,6 @@
 import t from 'tap'
-import { inspect } from 'node:util'
+import { inspect, isDeepStrictEqual } from 'node:util'
+import fc from 'fast-check'
 import Fastify from 'fastify'
 import fastifyCookie from '@fastify/cookie'
 import sessions from '../index.js'
@@ -541,4 +542,50 @@ t.test('get() hands back the very object set() or an earlier get() gave, so chan
   const res = await app.inject({ method: 'POST', url: '/same' })
   t.same(res.json(), { same: true })
   t.same((await app.inject({ url: '/get/cart', headers: cookieHeader(sessionCookie(res) as string) })).json(), { value: ['a', 'b'] })
+})
+
+t.test('set() refuses exactly what would take the session past maxSessionSize, whatever the characters', async (t) => {
+  const LIMIT = 120
+  const app = await build(t, { maxSessionSize: LIMIT })
+  type Op = [string, string | null]
+  // answers, op by op, whether it was refused for size
+  app.post<{ Body: Op[] }>('/ops', async (request) => request.body.map(([key, value]) => {
+    try {
+      if (value === null) request.session.delete(key)
+      else request.session.set(key, value)
+      return false
+    } catch (err) {
+      if ((err as { code?: string }).code !== 'FST_SESSION_TOO_LARGE') throw err
+      return true
+    }
+  }))
+  /** The session's JSON size as maxSessionSize counts it, the plain way. */
+  const sizeOf = (model: Map<string, string>): number =>
+    Buffer.byteLength('{' + [...model].map(([key, json]) => JSON.stringify(key) + ':' + json).join(',') + '}')
+  /** What the session holds after `ops`, and which of them a correct size check refuses. */
+  const expected = (start: Map<string, string>, ops: Op[]): { model: Map<string, string>, refused: boolean[] } => {
+    const model = new Map(start)
+    const refused = ops.map(([key, value]) => {
+      const next = new Map(model)
+      if (value === null) next.delete(key)
+      else next.set(key, JSON.stringify(value))
+      if (value !== null && sizeOf(next) > LIMIT) return true
+      model.clear()
+      for (const [k, v] of next) model.set(k, v)
+      return false
+    })
+    return { model, refused }
+  }
+  // well-formed text of 1 to 4 UTF-8 bytes a character, with what JSON escapes, and lone surrogates in values
+  const text = fc.string({ unit: fc.constantFrom('a', 'é', '€', '😀', '"', '\\', '\n', '\u0001'), maxLength: 12 })
+  const value = fc.oneof(text, fc.string({ unit: fc.constantFrom('b', '\ud800', 'ü'), maxLength: 30 }))
+  const op = fc.tuple(fc.constantFrom('k1', 'k2', 'é3', '"4'), fc.option(value, { freq: 5 }))
+  await fc.assert(fc.asyncProperty(fc.array(op, { maxLength: 4 }), fc.array(op, { minLength: 1, maxLength: 6 }), async (seedOps, ops) => {
+    const seed = expected(new Map(), seedOps)
+    const seeded = await app.inject({ method: 'POST', url: '/ops', payload: seedOps })
+    if (!isDeepStrictEqual(seeded.json(), seed.refused)) return false
+    const cookie = sessionCookie(seeded)
+    const res = await app.inject({ method: 'POST', url: '/ops', payload: ops, headers: cookie === undefined ? {} : cookieHeader(cookie) })
+    return isDeepStrictEqual(res.json(), expected(seed.model, ops).refused)
+  }), { numRuns: 300 })
 })
