@@ -278,9 +278,9 @@ export class MemoryProvider implements SessionProvider {
     this.evictor = null
   }
 
-  /** Moves the entry to the back of the recency list, unless it is still in the newer half. */
+  /** Moves the entry to the back of the recency list, unless it is still in the newer half or the last to join it. */
   private used (key: string, entry: Entry): void {
-    if (this.moves - entry.movedAt < this.sessions.size >>> 1) return
+    if (this.moves - entry.movedAt < Math.max(2, this.sessions.size >>> 1)) return
     entry.movedAt = this.moves++
     this.sessions.delete(key)
     this.sessions.set(key, entry)
