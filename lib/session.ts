@@ -456,8 +456,8 @@ export class Session {
       size += entrySize(key, json)
       count++
     }
-    // the key being set is always among them, so there is at least one comma less than entries
-    return size + count - 1
+    // a comma between entries; none at all once every key is deleted
+    return size + Math.max(count - 1, 0)
   }
 
   #writable (): void {

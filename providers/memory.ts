@@ -153,10 +153,10 @@ function toPairs (data: ReadonlyMap<string, string>): readonly string[] {
  * used. A sweep walks from the front and stops at the first live entry,
  * costing what expired rather than what is stored.
  *
- * An entry still in the newer half of the list is not moved again: V8 leaves
- * a deleted `Map` slot in its hash chain until the table is rebuilt, so a busy
- * session moved on every access would lengthen its own lookups without
- * bound. Recency is therefore approximate — an entry used again soon after
+ * An entry still in the newer half of the list, or the last to have joined
+ * its back (already there), is not moved again: V8 leaves a deleted `Map`
+ * slot in its hash chain until the table is rebuilt, so a busy session
+ * moved on every access would lengthen its own lookups without bound. Recency is therefore approximate — an entry used again soon after
  * it moved keeps that place — but the front always holds entries older than
  * every entry in the newer half, which is all eviction and the sweep need.
  *

@@ -139,6 +139,27 @@ testProvider(t, {
       t.equal(provider.size, 4)
     })
 
+    t.test('in a store of one, two or three sessions, the one that last joined the back is not moved again on each access', async (t) => {
+      for (const count of [1, 2, 3]) {
+        const provider = new MemoryProvider()
+        const keys = Array.from({ length: count }, newKey)
+        for (const key of keys) provider.create(key, session())
+        // a move is a delete and a set on the provider's Map
+        const sessions = (provider as unknown as { sessions: Map<string, unknown> }).sessions
+        let deletes = 0
+        const remove = sessions.delete.bind(sessions)
+        sessions.delete = (key) => {
+          deletes++
+          return remove(key)
+        }
+        const last = keys[count - 1]
+        for (let i = 0; i < 5; i++) t.ok(provider.get(last))
+        t.ok(provider.update(last, { set: new Map([['a', '2']]), delete: null, lastSeenAt: Date.now(), expiresAt: Date.now() + HOUR, owned: false }))
+        t.equal(deletes, 0, `${count} stored`)
+        t.same([...sessions.keys()], keys, 'the order stays as it was')
+      }
+    })
+
     t.test('eviction still takes the oldest after sessions came and went under the bound for longer than the store holds', async (t) => {
       const provider = new MemoryProvider({ maxSessions: 3 })
       const keys = Array.from({ length: 4 }, newKey)
