@@ -10,9 +10,9 @@ const CONTEXT_DESCRIPTION = 'fastify.context'
  * `session: false` on every request.
  *
  * `request.routeOptions` builds a twelve-field object, and asks the server
- * whether it has version constraints, on every read: about 1,000
- * instructions, a third of what the plugin adds to a route that opts out.
- * Fastify keeps the route's context, whose `config` that getter hands out,
+ * whether it has version constraints, on every read: 50 to 220 ns in a
+ * micro-benchmark over real requests, where reading the context took 5 to
+ * 45 (the more request shapes, the slower both). Fastify keeps the route's context, whose `config` that getter hands out,
  * on the request under a symbol of its own. The reader looks for it on the
  * first request and takes it only when it leads to the very object
  * `routeOptions` gives; otherwise (another Fastify) it keeps to

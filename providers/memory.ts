@@ -156,8 +156,9 @@ function toPairs (data: ReadonlyMap<string, string>): readonly string[] {
  * An entry still in the newer half of the list, or the last to have joined
  * its back (already there), is not moved again: V8 leaves a deleted `Map`
  * slot in its hash chain until the table is rebuilt, so a busy session
- * moved on every access would lengthen its own lookups without bound. Recency is therefore approximate — an entry used again soon after
- * it moved keeps that place — but the front always holds entries older than
+ * moved on every access would lengthen its own lookups without bound.
+ * Recency is therefore approximate — an entry used again soon after it
+ * moved keeps that place — but the front always holds entries older than
  * every entry in the newer half, which is all eviction and the sweep need.
  *
  * Values stay JSON texts, as in any real store.
