@@ -35,8 +35,8 @@
 // for code V8 compiled; the server runs with --perf-basic-prof, and such an
 // address is named from the map V8 writes (/tmp/perf-<pid>.map), as it
 // stood when that window ended. A function V8 compiled more than once is
-// listed once per copy. Logging code creation costs a little, so counts
-// taken with --functions are a few hundred instructions above those without.
+// listed once per copy. Logging code creation adds instructions of its own:
+// compare counts taken with --functions only with each other.
 //
 //   node bench/instructions.js [--impls baseline,ours-memory,secure-session,fsession-memory,mgcrea-memory]
 //                              [--routes read,write,none,none-optout,many,new]
@@ -207,7 +207,8 @@ try {
           execFileSync('callgrind_control', ['--instr=off', pid], { stdio: 'ignore' })
           execFileSync('callgrind_control', [`--dump=${route}-${w}`, pid], { stdio: 'ignore' })
           bad.push(...problems(res, `window ${w + 1}`))
-          windows.push({ ...perRequestIn(latestDump(impl.id, pid), res.responses), file: latestDump(impl.id, pid), responses: res.responses, mapBytes: perfMapBytes(pid) })
+          const file = latestDump(impl.id, pid)
+          windows.push({ ...perRequestIn(file, res.responses), file, responses: res.responses, mapBytes: perfMapBytes(pid) })
         }
         const perRequest = median(windows.map((w) => w.instructions))
         const misses = cacheSim ? median(windows.map((w) => w.misses)) : null
