@@ -213,6 +213,18 @@ t.test('a read-only request refreshes the idle deadline at most once per touchAf
   t.equal(provider.count('update'), 1, 'the next read is within touchAfter again')
 })
 
+t.test('touchAfter defaults to a tenth of maxLifetime', async (t) => {
+  const provider = new RecordingProvider()
+  const app = await build(t, { provider, maxLifetime: 2 })
+  const cookie = sessionCookie(await app.inject({ method: 'POST', url: '/set/views', payload: '1', headers: { 'content-type': 'application/json' } })) as string
+  await new Promise((resolve) => setTimeout(resolve, 120))
+  await app.inject({ url: '/get/views', headers: cookieHeader(cookie) })
+  t.equal(provider.count('update'), 0, 'no write 120 ms in, within the 200 ms')
+  await new Promise((resolve) => setTimeout(resolve, 130))
+  await app.inject({ url: '/get/views', headers: cookieHeader(cookie) })
+  t.equal(provider.count('update'), 1, 'a touch once 200 ms have passed')
+})
+
 t.test('touch() forces the idle deadline to be written on this response', async (t) => {
   const provider = new RecordingProvider()
   const app = await build(t, { provider })

@@ -49,6 +49,9 @@ t.test('registration fails with a coded error for each invalid option', async (t
     ['a path that does not start with /, which browsers replace', { cookie: { path: 'app' } }],
     ['an unknown onStoreError', { onStoreError: 'ignore' }],
     ['a fractional maxSessionSize', { maxSessionSize: 1.5 }],
+    ['a maxSessionSize of 0', { maxSessionSize: 0 }],
+    ['a maxSessionSize of 1, under the 2 bytes of an empty session', { maxSessionSize: 1 }],
+    ['a secret of 31 characters', { secret: 'x'.repeat(31) }],
     ['an empty userKey', { userKey: '' }],
     ['userInfoKeys that are not strings', { userInfoKeys: [1] }],
     ['a cookie that is not an object', { cookie: 'x' }],
@@ -114,6 +117,7 @@ t.test('valid edge options register', async (t) => {
   t.equal(await registrationError({ secret: SECRET, maxLifetime: 7200, absoluteLifetime: 600, cookie: { maxAge: 600 } }), null, 'a cookie as long as the absolute lifetime, when that is the shorter')
   t.equal(await registrationError({ secret: SECRET, maxLifetime: 60, touchAfter: 59.9 }), null)
   t.equal(await registrationError({ secret: SECRET, maxLifetime: 1e10 }), null, 'a lifetime meant as no limit')
+  t.equal(await registrationError({ secret: 'x'.repeat(32), maxSessionSize: 2 }), null, 'the shortest secret and the smallest session size')
 })
 
 t.test('lifetimes in fractions of a millisecond give whole-millisecond deadlines', async (t) => {

@@ -32,6 +32,21 @@ t.test('id, isNew, createdAt and expiresAt describe the session', async (t) => {
   t.ok(loaded.expiresAt > loaded.createdAt)
 })
 
+t.test('a new session\'s deadline is its absoluteLifetime when that is the shorter', async (t) => {
+  const provider = new RecordingProvider()
+  const app = await build(t, { provider, maxLifetime: 3600, absoluteLifetime: 60 })
+  app.post('/meta', async (request) => {
+    request.session.set('a', 1)
+    return { createdAt: request.session.createdAt, expiresAt: request.session.expiresAt }
+  })
+  const res = await app.inject({ method: 'POST', url: '/meta' })
+  const { createdAt, expiresAt } = res.json()
+  t.equal(expiresAt - createdAt, 60_000, 'as the session reports it')
+  const stored = provider.get(storeKey(idOf(sessionCookie(res) as string)))
+  t.equal(stored?.createdAt, createdAt)
+  t.equal(stored?.expiresAt, createdAt + 60_000, 'and as it is stored')
+})
+
 t.test('get, set, has, delete, keys and clear work on the session data', async (t) => {
   const app = await build(t)
   app.post('/ops', async (request) => {
@@ -56,6 +71,19 @@ t.test('get, set, has, delete, keys and clear work on the session data', async (
   const cleared = await app.inject({ method: 'POST', url: '/clear', headers: cookieHeader(cookie) })
   t.same(cleared.json(), { before: ['a'], after: [] })
   t.same((await app.inject({ url: '/get/a', headers: cookieHeader(cookie) })).json(), { value: null })
+})
+
+t.test('clear() forgets an object get() handed out: changed in place afterwards, it is not written back', async (t) => {
+  const app = await build(t)
+  app.post('/empty-cart', async (request) => {
+    const cart = request.session.get('cart') as number[]
+    request.session.clear()
+    cart.push(2)
+    return { keys: request.session.keys() }
+  })
+  const cookie = sessionCookie(await app.inject({ method: 'POST', url: '/set/cart', payload: '[1]', headers: json })) as string
+  t.same((await app.inject({ method: 'POST', url: '/empty-cart', headers: cookieHeader(cookie) })).json(), { keys: [] })
+  t.same((await app.inject({ url: '/get/cart', headers: cookieHeader(cookie) })).json(), { value: null })
 })
 
 t.test('keys() lists stored keys, keys added on this request, and not deleted ones', async (t) => {
@@ -150,6 +178,24 @@ t.test('regenerate() issues a new id, keeps the data and destroys the old id bef
   t.same((await app.inject({ url: '/get/cart', headers: cookieHeader(oldCookie) })).json(), { value: null })
 })
 
+t.test('clear() then regenerate() still ends the old record: an emptied session is moved, not left behind', async (t) => {
+  const provider = new RecordingProvider()
+  const app = await build(t, { provider })
+  app.post('/wipe', async (request) => {
+    request.session.clear()
+    await request.session.regenerate()
+    return {}
+  })
+  const oldCookie = sessionCookie(await app.inject({ method: 'POST', url: '/set/a', payload: '1', headers: json })) as string
+  const wiped = await app.inject({ method: 'POST', url: '/wipe', headers: cookieHeader(oldCookie) })
+  t.equal(wiped.statusCode, 200)
+  t.equal(provider.get(storeKey(idOf(oldCookie))), null, 'the old record is gone')
+  const newCookie = sessionCookie(wiped)
+  t.ok(newCookie !== undefined && idOf(newCookie) !== idOf(oldCookie), 'the response carries the new id')
+  const again = await app.inject({ method: 'POST', url: '/set/b', payload: '2', headers: { ...json, ...cookieHeader(oldCookie) } })
+  t.not(again.json().id, idOf(oldCookie), 'the old id is not adopted again')
+})
+
 t.test('regenerate() on a new session only changes the id', async (t) => {
   const provider = new RecordingProvider()
   const app = await build(t, { provider })
@@ -165,6 +211,15 @@ t.test('regenerate() on a new session only changes the id', async (t) => {
   const login = await app.inject({ method: 'POST', url: '/login', payload: { user: 'bo' }, headers: json })
   t.ok(sessionCookie(login))
   t.equal(provider.count('destroy'), 0)
+})
+
+t.test('the clearing cookie of a logout carries the Path and Domain the session cookie was set with', async (t) => {
+  const app = await build(t, { cookie: { domain: 'example.com', path: '/app' } })
+  const login = await app.inject({ method: 'POST', url: '/set/a', payload: '1', headers: json })
+  t.match(setCookies(login)[0], /; Path=\/app; Domain=example\.com;/)
+  const logout = await app.inject({ method: 'POST', url: '/logout', headers: cookieHeader(sessionCookie(login) as string) })
+  t.same(setCookies(logout), ['sessionid=; Path=/app; Domain=example.com; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; HttpOnly; SameSite=Lax'],
+    'a browser drops a cookie only when both match the one it holds')
 })
 
 t.test('destroy() deletes the record and clears the cookie', async (t) => {
@@ -474,6 +529,15 @@ t.test('the sweep timer runs gc() every gcInterval and stops when Fastify closes
   provider.create(storeKey('x'), { data: new Map(), createdAt: 0, lastSeenAt: 0, expiresAt: Date.now() + 10, user: null })
   await new Promise((resolve) => setTimeout(resolve, 120))
   t.equal(provider.size, 1, 'no sweep after close')
+})
+
+t.test('gcInterval: 0 runs no sweep', async (t) => {
+  const provider = new RecordingProvider()
+  let sweeps = 0
+  provider.gc = () => ++sweeps
+  await build(t, { provider, gcInterval: 0 })
+  await new Promise((resolve) => setTimeout(resolve, 50))
+  t.equal(sweeps, 0)
 })
 
 t.test('a provider created from a name is closed with Fastify; one handed in is not', async (t) => {

@@ -466,6 +466,23 @@ t.test('set() past maxSessionSize still throws at once when the only objects hel
   t.same(res.json(), { code: 'FST_SESSION_TOO_LARGE' }, 'caught in the handler, not a failed response')
 })
 
+t.test('set() past maxSessionSize throws at once when the only object read is the one it replaces', async (t) => {
+  const app = await build(t, { maxSessionSize: 100 })
+  app.post('/replace', async (request) => {
+    request.session.get('o')
+    try {
+      request.session.set('o', 'y'.repeat(500))
+    } catch (err) {
+      return { code: (err as { code: string }).code }
+    }
+    return {}
+  })
+  const created = await app.inject({ method: 'POST', url: '/set/o', payload: '{"a":1}', headers: json })
+  const res = await app.inject({ method: 'POST', url: '/replace', headers: cookieHeader(sessionCookie(created) as string) })
+  t.equal(res.statusCode, 200)
+  t.same(res.json(), { code: 'FST_SESSION_TOO_LARGE' }, 'caught in the handler: the object it replaces cannot shrink the session any more')
+})
+
 t.test('a request that reads an object and only deletes is saved, even in a session already over a lower limit', async (t) => {
   // two apps on one store, the second with a lower limit than the session's size
   const provider = new FailingProvider()

@@ -1,7 +1,7 @@
 import t from 'tap'
 import { sign } from '@fastify/cookie'
 import type { SessionProvider } from '../lib/provider.js'
-import { build, cookieHeader, sessionCookie, SECRET } from './fixtures/app.js'
+import { build, cookieHeader, sessionCookie, setCookies, SECRET } from './fixtures/app.js'
 import { AsyncMemoryProvider, FailingProvider } from './fixtures/providers.js'
 import { MemoryProvider } from '../providers/memory.js'
 
@@ -345,6 +345,21 @@ t.test('regenerate() again after destroyOtherSessions() still saves the session,
   t.ok(latest)
   t.same((await app.inject({ url: '/get/userId', headers: cookieHeader(latest) })).json(), { value: 'ada' })
   t.equal((await app.sessions.listUserSessions('ada')).length, 1)
+})
+
+t.test('with cookie.maxAge, a change after the move to the new id sends the cookie once', async (t) => {
+  const app = await appWithUserRoutes(t, { cookie: { maxAge: 3600 } })
+  app.post('/password', async (request) => {
+    await request.session.regenerate()
+    await request.session.destroyOtherSessions()
+    request.session.set('changedAt', 1)
+    return {}
+  })
+  const cookie = await loginAs(app, 'ada', 'phone')
+  const res = await app.inject({ method: 'POST', url: '/password', headers: cookieHeader(cookie) })
+  t.equal(res.statusCode, 200)
+  t.equal(setCookies(res).length, 1)
+  t.match(setCookies(res)[0], /; Max-Age=3600;/)
 })
 
 t.test('destroy() after regenerate() and destroyOtherSessions() ends the session and asks the store for nothing more', async (t) => {
