@@ -388,6 +388,23 @@ t.test('through the plugin', async function (t) {
     t.equal(big.headers['set-cookie'], undefined, 'and no Set-Cookie')
   })
 
+  t.test('a cookie of exactly 4096 bytes goes out, and one of 4097 fails the response', async function (t) {
+    const app = await appOn(t, { provider: createCookieProvider({ keys: randomKey() }) })
+    const cookieLength = (res: LightMyRequestResponse): number => 'sessionid='.length + (sessionCookie(res)?.value ?? '').length
+    // base64url gives 4 characters for each 3 bytes: find the body that seals to 4086 characters
+    const probe = await app.inject({ method: 'POST', url: '/stuff', payload: { stuff: 'x'.repeat(2000) } })
+    const sealedBytes = Math.floor((cookieLength(probe) - 'sessionid='.length) * 3 / 4)
+    const fitting = 2000 + Math.floor((4096 - 'sessionid='.length) * 3 / 4) - sealedBytes
+    const edge = await app.inject({ method: 'POST', url: '/stuff', payload: { stuff: 'x'.repeat(fitting) } })
+    t.equal(edge.statusCode, 200)
+    t.equal(cookieLength(edge), 4096)
+    const over = await app.inject({ method: 'POST', url: '/stuff', payload: { stuff: 'x'.repeat(fitting + 1) } })
+    t.equal(over.statusCode, 500)
+    t.equal(over.json().code, 'FST_SESSION_COOKIE_TOO_LARGE')
+    t.match(over.json().message, /\b4097 bytes\b/)
+    t.equal(over.headers['set-cookie'], undefined)
+  })
+
   t.test('a cookie sealed with an older key is sealed again with the first', async function (t) {
     const [oldKey, newKey] = [randomKey(), randomKey()]
     const before = await appOn(t, { provider: createCookieProvider({ keys: oldKey }) })
