@@ -13,6 +13,12 @@ function session (user: string | null = null, expiresAt = Date.now() + HOUR): Ne
   return { data: new Map([['a', '1']]), createdAt: now, lastSeenAt: now, expiresAt, user }
 }
 
+/** A patch that only moves the times, or also changes what `fields` name. */
+function touch (fields: Partial<SessionPatch> = {}): SessionPatch {
+  const now = Date.now()
+  return { set: null, delete: null, lastSeenAt: now, expiresAt: now + HOUR, ...fields }
+}
+
 function newKey (): string {
   return storeKey(generateId())
 }
@@ -44,6 +50,21 @@ testProvider(t, {
       t.equal(provider.size, 3, 'still 3 records')
       t.equal(provider.get(b), null, 'b, used least recently, is evicted')
       for (const key of [a, c, d]) t.not(provider.get(key), null, 'the others stay')
+    })
+
+    t.test('maxSessions evicts the least recently used session, a write or a touch counting as use', async (t) => {
+      const provider = new MemoryProvider({ maxSessions: 3 })
+      const [a, b, c, d, e] = Array.from({ length: 5 }, newKey)
+      for (const key of [a, b, c]) provider.create(key, session())
+      t.ok(provider.update(a, touch({ set: new Map([['a', '2']]) })), 'a is written')
+      provider.create(d, session())
+      // only a read moves an entry, so the checks below read nothing that is still held
+      t.equal(provider.get(b), null, 'b, the oldest untouched, is evicted, not a, the oldest created')
+      t.ok(provider.update(c, touch()), 'c is touched')
+      provider.create(e, session())
+      t.equal(provider.get(a), null, 'a is evicted, not c')
+      for (const key of [c, d, e]) t.ok(provider.get(key), 'the others stay')
+      t.equal(provider.get(c)?.data.get('a'), '1', 'the touch left the data as it was')
     })
 
     t.test('get answers the data as a Map would, and what a reader got stays as it was through later writes', async (t) => {
