@@ -67,6 +67,26 @@ testProvider(t, {
       t.equal(provider.get(c)?.data.get('a'), '1', 'the touch left the data as it was')
     })
 
+    t.test('in a store bounded at two, the session used after the other is the one kept', async (t) => {
+      const uses: Array<[string, (provider: MemoryProvider, key: string) => unknown]> = [
+        ['read', (provider, key) => provider.get(key)],
+        ['write', (provider, key) => provider.update(key, touch({ set: new Map([['a', '2']]) }))],
+        ['touch', (provider, key) => provider.update(key, touch())]
+      ]
+      for (const [name, use] of uses) {
+        const provider = new MemoryProvider({ maxSessions: 2 })
+        const [a, b, c] = [newKey(), newKey(), newKey()]
+        provider.create(a, session())
+        provider.create(b, session())
+        t.ok(use(provider, a), `a ${name} of a`)
+        provider.create(c, session())
+        t.equal(provider.get(b), null, `after a ${name}: b is evicted`)
+        t.ok(provider.get(a), 'a stays')
+        t.ok(provider.get(c), 'c stays')
+        t.equal(provider.size, 2)
+      }
+    })
+
     t.test('get answers the data as a Map would, and what a reader got stays as it was through later writes', async (t) => {
       const provider = new MemoryProvider()
       const key = newKey()
