@@ -141,6 +141,59 @@ testProvider(t, {
       t.same(provider.listByUser(bob, []).map((r) => r.key), [a], 'bob has a')
     })
 
+    t.test('a user leaves the index with their last session, however it goes', async (t) => {
+      const provider = new MemoryProvider({ maxSessions: 2 })
+      // nothing public tells an empty entry from none: listByUser answers [] either way
+      const users = (provider as unknown as { users: Map<string, Set<string>> }).users
+      const gone = (user: string, how: string): void => {
+        t.equal(users.has(user), false, how)
+      }
+      const alice = generateId()
+      const [a1, a2] = [newKey(), newKey()]
+      provider.create(a1, session(alice))
+      provider.create(a2, session(alice))
+      provider.destroy(a1)
+      t.same([...users.get(alice) ?? []], [a2], 'one of two destroyed: the entry keeps the other')
+      provider.destroy(a2)
+      gone(alice, 'destroy')
+
+      const bob = generateId()
+      provider.create(newKey(), session(bob))
+      provider.create(newKey(), session(bob))
+      provider.destroyByUser(bob)
+      gone(bob, 'destroyByUser')
+
+      const carol = generateId()
+      const [c1, c2] = [newKey(), newKey()]
+      provider.create(c1, session(carol))
+      provider.update(c1, touch({ user: alice }))
+      gone(carol, 'update to another owner')
+      provider.update(c1, touch({ user: null }))
+      gone(alice, 'update to no owner')
+      provider.update(c1, touch({ user: carol }))
+      provider.create(c2, session(), c1)
+      gone(carol, 'create replacing it')
+
+      const dave = generateId()
+      provider.create(newKey(), session(dave))
+      provider.create(newKey(), session())
+      provider.create(newKey(), session())
+      gone(dave, 'eviction')
+      provider.close()
+
+      const [erin, frank] = [generateId(), generateId()]
+      const expiresAt = Date.now() + 50
+      const read = newKey()
+      provider.create(newKey(), session(erin, expiresAt))
+      provider.create(read, session(frank, expiresAt))
+      await sleep(expiresAt - Date.now() + 5)
+      t.equal(provider.get(read), null, 'a read of an expired session answers null')
+      gone(frank, 'and drops it')
+      t.equal(provider.gc(), 1)
+      gone(erin, 'sweep')
+      t.equal(users.size, 0, 'the index is empty')
+    })
+
     t.test('gc stops at the first live entry', async (t) => {
       const provider = await create(t)
       const [front, behind] = [newKey(), newKey()]
