@@ -1,6 +1,8 @@
 import { randomBytes } from 'node:crypto'
 import { createRequire } from 'node:module'
-import { setTimeout as sleep } from 'node:timers/promises'
+import { setImmediate, setTimeout as sleep } from 'node:timers/promises'
+import { setFlagsFromString } from 'node:v8'
+import { runInNewContext } from 'node:vm'
 import t from 'tap'
 import type { Test } from 'tap'
 import Fastify, { type LightMyRequestResponse } from 'fastify'
@@ -536,6 +538,40 @@ t.test('store answers and failures', async function (t) {
     t.equal(gets, 1, 'the queued call never reached the store')
     t.equal(late.sets, 0, 'nothing was written once the read came back late')
     t.same((await createConnectProvider({ store: memory }).get(key))?.data, new Map([['a', '1']]))
+  })
+
+  t.test('the queue of a key is let go once its last call settles, answered, failed or timed out', async function (t) {
+    setFlagsFromString('--expose-gc')
+    const gc = runInNewContext('gc') as () => void
+    const failure = new Error('connection lost')
+    const providers = [
+      createConnectProvider({ store: answering((callback) => callback(null, null)) }),
+      createConnectProvider({ store: answering((callback) => callback(failure)) }),
+      createConnectProvider({ store: answering(() => undefined), callTimeout: 5 })
+    ]
+    // each call on a key never used again: a queue entry left behind keeps the key and a promise
+    async function destroyAll (calls: number): Promise<string[]> {
+      const outcomes = await Promise.allSettled(Array.from({ length: calls }, (_, i) => providers[i % providers.length].destroy(newKey())))
+      // the entry goes a few microtasks after the call's own answer
+      await setImmediate()
+      return [...new Set(outcomes.map((outcome) => outcome.status === 'fulfilled' ? String(outcome.value) : (outcome.reason as Error).message))]
+    }
+    /** Full collections a turn apart: what tap's async hooks keep for a collected promise only goes on a later turn. */
+    async function collect (): Promise<void> {
+      for (let round = 0; round < 3; round++) {
+        gc()
+        await setImmediate()
+      }
+    }
+    // a first round compiles what the measured one runs, and shows each provider takes its path
+    t.same(await destroyAll(300), ['false', 'connection lost', 'the store did not answer get() within the connect callTimeout'], 'answered, failed and timed out')
+    const calls = 30_000
+    await collect()
+    const before = process.memoryUsage().heapUsed
+    await destroyAll(calls)
+    await collect()
+    const perCall = (process.memoryUsage().heapUsed - before) / calls
+    t.ok(perCall < 50, `${perCall.toFixed(1)} bytes kept per settled call`)
   })
 
   t.test('calls on different keys do not wait for each other', async function (t) {
