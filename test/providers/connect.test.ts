@@ -194,6 +194,16 @@ function behaviour (t: Test, name: string, make: MakeBackend): void {
       t.equal(await provider.destroy(key), false, 'destroy answers false')
     })
 
+    t.test('destroy of an expired record answers false and still deletes what the store kept of it', async function (t) {
+      const { provider, backend } = await open(t)
+      const key = newKey()
+      const session = newSession([['a', '1']], { expiresAt: Date.now() + 200 })
+      await provider.create(key, session)
+      await sleep(session.expiresAt - Date.now() + 20)
+      t.equal(await provider.destroy(key), false, 'destroy answers false')
+      t.equal(await backend.ttl(key), null, 'and the store holds nothing, though it rounds its TTL up to a second')
+    })
+
     t.test('a record written already expired reads as null', async function (t) {
       const { provider } = await open(t)
       const key = newKey()
@@ -572,6 +582,32 @@ t.test('store answers and failures', async function (t) {
     await collect()
     const perCall = (process.memoryUsage().heapUsed - before) / calls
     t.ok(perCall < 50, `${perCall.toFixed(1)} bytes kept per settled call`)
+  })
+
+  t.test('destroy of an expired record answers false and deletes it from a store that would keep it', async function (t) {
+    const records = new Map<string, ConnectRecord>()
+    // expires nothing itself, as a store whose TTL outlasts the session's deadline
+    const keeping: ConnectStore = {
+      get (sid, callback) {
+        callback(null, records.get(sid))
+      },
+      set (sid, record, callback) {
+        records.set(sid, record)
+        callback(null)
+      },
+      destroy (sid, callback) {
+        records.delete(sid)
+        callback(null)
+      }
+    }
+    const provider = createConnectProvider({ store: keeping })
+    const key = newKey()
+    const session = newSession([['a', '1']], { expiresAt: Date.now() + 50 })
+    await provider.create(key, session)
+    await sleep(session.expiresAt - Date.now() + 5)
+    t.ok(records.has(key), 'the store still holds the record past its deadline')
+    t.equal(await provider.destroy(key), false, 'destroy answers false')
+    t.notOk(records.has(key), 'and the store no longer holds it')
   })
 
   t.test('calls on different keys do not wait for each other', async function (t) {
