@@ -405,6 +405,27 @@ t.test('through the plugin', async function (t) {
     t.equal(over.headers['set-cookie'], undefined)
   })
 
+  t.test('a validly sealed cookie of more than 4096 characters from a client is not opened', async function (t) {
+    const provider = createCookieProvider({ keys: randomKey() })
+    const app = await appOn(t, { provider })
+    const base = sealedSession([['userId', '"alice"'], ['pad', '""']])
+    const baseBytes = Buffer.from(provider.seal(base), 'base64url').length
+    // each padding character is one more plaintext byte; 3072 bytes are 4096 base64url characters, 3073 are 4098
+    const sealedOf = (bytes: number): string => provider.seal({ ...base, data: new Map([['userId', '"alice"'], ['pad', JSON.stringify('x'.repeat(bytes - baseBytes))]]) })
+    const [fits, over] = [sealedOf(3072), sealedOf(3073)]
+    t.equal(fits.length, 4096)
+    t.equal(over.length, 4098)
+    t.equal(provider.open(fits)?.session.data.get('userId'), '"alice"', 'the provider opens 4096 characters')
+    t.equal(provider.open(over), null, 'but not 4098')
+
+    t.same((await app.inject({ url: '/me', headers: cookieHeader({ value: fits }) })).json(), { userId: 'alice', cart: null }, 'a route sees the session of 4096 characters')
+    const none = await app.inject({ url: '/me' })
+    const refused = await app.inject({ url: '/me', headers: cookieHeader({ value: over }) })
+    t.equal(refused.statusCode, none.statusCode, 'the longer one answers as no cookie does')
+    t.same(refused.json(), { userId: null, cart: null }, 'with no session data')
+    t.equal(refused.headers['set-cookie'], none.headers['set-cookie'], 'and sets no cookie')
+  })
+
   t.test('a cookie sealed with an older key is sealed again with the first', async function (t) {
     const [oldKey, newKey] = [randomKey(), randomKey()]
     const before = await appOn(t, { provider: createCookieProvider({ keys: oldKey }) })
