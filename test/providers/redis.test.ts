@@ -223,6 +223,14 @@ async function recordScenario (t: Test, provider: RedisProvider, raw: Raw): Prom
     t.notOk((await raw.index('alice')).has(key), 'the former owner lost it')
     t.ok((await raw.index('bob')).has(key), 'the new one has it')
 
+    // unowned, the lean update script is the one that meets it first, and
+    // the server's expiry alone would let it write the record live again
+    const unowned = newKey()
+    await raw.plantExpired(unowned, null)
+    t.equal(await provider.update(unowned, patch({ owned: false, set: new Map([['late', 'true']]) })), false, 'an update of an unowned one answers false')
+    t.equal(await raw.exists(unowned), false, 'and drops it rather than revive it')
+    t.equal(await provider.get(unowned), null)
+
     const other = newKey()
     await raw.plantExpired(key, null)
     t.equal(await provider.create(other, newSession(), key), false, 'create replacing it refuses')
