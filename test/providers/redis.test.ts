@@ -347,6 +347,36 @@ async function userScenario (t: Test, provider: RedisProvider, raw: Raw): Promis
     }
   })
 
+  await t.test('every write to an index trims its entries past their deadline, and the index expires with its latest one', async (t) => {
+    const user = `${alice}-settle`
+    const stale = newKey()
+    // an entry left behind past its deadline, by a crash between steps or a record that expired
+    const plantStale = (): Promise<number> => raw.admin.zadd(raw.indexKey(user), Date.now() - 1000, stale)
+    const [k1, k2, k3] = [newKey(), newKey(), newKey()]
+    const now = Date.now()
+    await provider.create(k1, newSession([], { user, expiresAt: now + HOUR }))
+    await plantStale()
+    await provider.create(k2, newSession([], { user, expiresAt: now + 3 * HOUR }))
+    t.strictSame(await raw.index(user), new Map([[k1, now + HOUR], [k2, now + 3 * HOUR]]), 'create trims')
+
+    await plantStale()
+    await provider.update(k1, patch({ expiresAt: now + 2 * HOUR }))
+    t.strictSame(await raw.index(user), new Map([[k1, now + 2 * HOUR], [k2, now + 3 * HOUR]]), 'update trims')
+
+    await plantStale()
+    t.equal(await provider.destroy(k2), true)
+    t.strictSame(await raw.index(user), new Map([[k1, now + 2 * HOUR]]), 'destroy trims')
+    t.equal(await raw.expireTime(raw.indexKey(user)), now + 2 * HOUR, 'the index deadline comes down to the latest entry left')
+
+    await provider.create(k3, newSession([], { user, expiresAt: now + HOUR }))
+    t.equal(await raw.expireTime(raw.indexKey(user)), now + 2 * HOUR, 'an earlier entry leaves it where it is')
+
+    await plantStale()
+    await provider.destroy(k1)
+    await provider.destroy(k3)
+    t.equal(await raw.admin.exists(raw.indexKey(user)), 0, 'an index left with only entries past their deadline is gone')
+  })
+
   await t.test('listByUser answers live records with the requested info', async (t) => {
     const user = `${alice}-list`
     const [a, b, c] = [newKey(), newKey(), newKey()]
