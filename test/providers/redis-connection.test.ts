@@ -1,7 +1,7 @@
 // The Redis provider's own connection, on its own: the RESP2 parser against
-// a scripted TCP server that answers exactly the bytes a test gives it, and
-// the handshake (database, password, ACL user, TLS) against real Redis
-// servers started for the test.
+// a scripted TCP server that answers exactly the bytes a test gives it, the
+// back-off against one that hangs up, and the handshake (database,
+// password, ACL user, TLS) against real Redis servers started for the test.
 import t, { type Test } from 'tap'
 import { execFileSync, spawnSync } from 'node:child_process'
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
@@ -234,6 +234,93 @@ t.test('while nothing listens: the first call fails at once, calls fail without 
   await sleep(120)
   await t.rejects(redis.send(['PING']), /connection lost: connect ECONNREFUSED/, 'after 100 ms it tries again')
   await t.rejects(redis.send(['PING']), /unreachable/, 'and the delay has grown')
+})
+
+/**
+ * A TCP server that hangs up on every connection at once, as a Redis that
+ * is not up yet would look, or, once `answer` is set, answers each chunk
+ * with a PONG; it notes when each connection arrived.
+ */
+async function flaky (t: Test): Promise<{ url: string, answer: boolean, arrivals: number[], hangUp: () => void }> {
+  const sockets = new Set<net.Socket>()
+  const state = {
+    url: '',
+    answer: false,
+    arrivals: [] as number[],
+    hangUp: () => { for (const socket of sockets) socket.destroy() }
+  }
+  const server = net.createServer((socket) => {
+    state.arrivals.push(Date.now())
+    socket.on('error', () => {})
+    if (!state.answer) {
+      socket.destroy()
+      return
+    }
+    sockets.add(socket)
+    socket.on('close', () => sockets.delete(socket))
+    socket.on('data', () => socket.write('+PONG\r\n'))
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => {
+    state.hangUp()
+    server.close()
+  })
+  state.url = `redis://127.0.0.1:${(server.address() as net.AddressInfo).port}`
+  return state
+}
+
+/** Calls one after another, a few milliseconds apart, until `attempts` connections have reached the server. */
+async function callUntil (redis: RedisConnection, arrivals: number[], attempts: number): Promise<void> {
+  while (arrivals.length < attempts) {
+    await redis.send(['PING']).catch(() => {})
+    await sleep(3)
+  }
+}
+
+/** The time from each connection attempt to the next. */
+function gaps (arrivals: number[]): number[] {
+  return arrivals.slice(1).map((at, i) => at - arrivals[i])
+}
+
+t.test('the wait after failed attempts grows by 100 ms and stays at 1 s from the tenth on', async (t) => {
+  const server = await flaky(t)
+  const redis = open(t, server.url)
+  await callUntil(redis, server.arrivals, 13)
+  const waits = gaps(server.arrivals)
+  t.comment(`waits between attempts: ${waits.join(', ')} ms`)
+  for (let i = 0; i < waits.length; i++) {
+    const delay = Math.min((i + 1) * 100, 1000)
+    // a call inside the wait fails without trying, so no attempt comes earlier; calls 3 ms apart, and a loaded machine, make it later
+    t.ok(waits[i] >= delay - 2 && waits[i] < delay + 150, `after ${i + 1} failed attempts, the next came ${waits[i]} ms later (${delay} ms)`)
+  }
+  t.ok(waits[11] < 1150, `after 12 failed attempts the wait is ${waits[11]} ms, capped at 1 s, not 1.2 s`)
+})
+
+t.test('a connection Redis answered starts the wait over: its loss is no failed attempt, and the next failure waits 100 ms again', async (t) => {
+  const server = await flaky(t)
+  const redis = open(t, server.url)
+  await callUntil(redis, server.arrivals, 3)
+  const [first, second] = gaps(server.arrivals)
+  t.ok(first >= 98 && first < 250 && second >= 198 && second < 350, `three failed attempts, ${first} and ${second} ms apart; 300 ms to wait now`)
+
+  server.answer = true
+  let reply: unknown = null
+  while (reply === null) {
+    reply = await redis.send(['PING']).catch(() => null)
+    await sleep(3)
+  }
+  t.equal(reply, 'PONG')
+  t.equal(server.arrivals.length, 4, 'answered on the fourth attempt')
+  t.ok(server.arrivals[3] - server.arrivals[2] >= 298, 'which came after the third wait')
+
+  server.answer = false
+  server.hangUp()
+  while (redis.status !== 'wait') await sleep(1)
+  const lost = Date.now()
+  await callUntil(redis, server.arrivals, 6)
+  t.ok(server.arrivals[4] - lost < 80, `the lost connection is replaced at once (${server.arrivals[4] - lost} ms)`)
+  const wait = server.arrivals[5] - server.arrivals[4]
+  t.ok(wait >= 98 && wait < 250, `that replacement failed, and the next attempt came ${wait} ms later: 100 ms, not 400 ms`)
 })
 
 t.test('against real Redis', async (t) => {
