@@ -322,12 +322,18 @@ export function testProvider<P extends SessionProvider> (t: Test, options: Confo
     t.test('create succeeds over an expired record', async (t) => {
       const provider = await open(t)
       const key = newKey()
-      const old = shortLived(null, [['who', '"old"']])
+      const now = Date.now()
+      const old = { ...shortLived(null, [['who', '"old"']]), createdAt: now - 5000, lastSeenAt: now - 4000 }
       await provider.create(key, old)
       await waitPast(old.expiresAt)
-      const fresh = newSession([['who', '"new"']])
+      // times of their own, so that a store keeping any of the old row's shows
+      const fresh = { ...newSession([['who', '"new"']]), createdAt: now - 3000, lastSeenAt: now - 1000, expiresAt: now + 2 * HOUR }
       t.equal(await provider.create(key, fresh), true, 'create answers true')
-      t.same(dataOf(t, await provider.get(key)), fresh.data, 'the new record is stored')
+      const stored = await provider.get(key)
+      t.same(dataOf(t, stored), fresh.data, 'the new record is stored')
+      t.equal(stored?.createdAt, fresh.createdAt, 'createdAt is the new record\'s')
+      t.equal(stored?.lastSeenAt, fresh.lastSeenAt, 'lastSeenAt is the new record\'s')
+      t.equal(stored?.expiresAt, fresh.expiresAt, 'expiresAt is the new record\'s')
     })
 
     t.test('create with replaces moves the session to the new key', async (t) => {
