@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto'
+import net from 'node:net'
 import { inspect } from 'node:util'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
@@ -89,6 +90,36 @@ t.test('option errors', async function (t) {
     await t.rejects(createPostgresProvider(options as PostgresProviderOptions), { code: 'FST_SESSION_PROVIDER_OPTION' }, JSON.stringify(options))
   }
   t.equal(pool.totalCount, 0, 'no option error reaches the database')
+})
+
+/** What `call` settled with (the error, or 'answered'), or 'still waiting' after `ms`, and how long that took. */
+async function settledWithin (call: Promise<unknown>, ms: number): Promise<{ outcome: unknown, ms: number }> {
+  const started = performance.now()
+  const outcome = await Promise.race([call.then(() => 'answered', (err: unknown) => err), sleep(ms, 'still waiting')])
+  return { outcome, ms: performance.now() - started }
+}
+
+t.test('its own pool gives up on a server that accepts connections but never answers after about 2 s', { timeout: 30_000 }, async function (t) {
+  const sockets = new Set<net.Socket>()
+  const silent = net.createServer(function swallow (socket) {
+    sockets.add(socket)
+    socket.on('error', () => {})
+    socket.resume()
+  })
+  await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve))
+  const { port } = silent.address() as net.AddressInfo
+  const provider = new PostgresProvider({ connectionString: `postgres://postgres@127.0.0.1:${port}/test` })
+  t.teardown(async function stop () {
+    // the server's connections go first: should the pool wait on one for good, close() would too
+    for (const socket of sockets) socket.destroy()
+    silent.close()
+    await provider.close()
+  })
+  const { outcome, ms } = await settledWithin(provider.get(storeKey()), 6000)
+  t.match(outcome, { message: /timeout/ }, 'the call fails for want of a connection')
+  t.comment(`failed after ${Math.round(ms)} ms`)
+  t.ok(ms > 1500 && ms < 5000, `after the 2 s connection timeout, not before and not much later (${Math.round(ms)} ms)`)
+  t.equal(sockets.size, 1, 'having reached the server')
 })
 
 t.test('with PostgreSQL', async function (t) {
