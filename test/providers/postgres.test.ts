@@ -711,6 +711,40 @@ t.test('with PostgreSQL', async function (t) {
     await t.rejects(createPostgresProvider({ connectionString: 'postgres://postgres@127.0.0.1:1/test' }), { code: 'ECONNREFUSED' })
   })
 
+  t.test('a call finding every connection of its own pool taken fails after about 2 s instead of queueing on', { timeout: 30_000 }, async function (t) {
+    const table = randomTable()
+    dropAfter(t, table)
+    // a statement timeout far off, so that only the wait for a connection can end the call
+    const provider = await createPostgresProvider({ connectionString: DATABASE_URL, tableName: table, queryTimeout: MINUTE })
+    const key = storeKey()
+    await provider.create(key, newSession({ n: 0 }))
+    // the row locked by a transaction held open here, so that each update of it keeps its connection waiting
+    const holder = await pool.connect()
+    await holder.query('BEGIN')
+    await holder.query(`UPDATE ${table} SET last_seen_at = last_seen_at WHERE key = $1`, [key])
+    let holding = true
+    t.teardown(async function letGo () {
+      if (holding) await holder.query('ROLLBACK')
+      holder.release()
+      await provider.close()
+    })
+    // as many as pg.Pool's default max, which the provider's own pool keeps
+    const waiting = Array.from({ length: 10 }, (_, i) => provider.update(key, patch({ set: texts({ [`k${i}`]: i }) })))
+    for (let locked = 0; locked < 10; await sleep(10)) {
+      const { rows } = await pool.query(`SELECT count(*)::int AS n FROM pg_stat_activity
+        WHERE wait_event_type = 'Lock' AND query LIKE 'UPDATE "${table}"%'`)
+      locked = rows[0].n
+    }
+    const { outcome, ms } = await settledWithin(provider.get(key), 6000)
+    t.match(outcome, { message: /timeout/ }, 'the call fails for want of a connection')
+    t.comment(`failed after ${Math.round(ms)} ms`)
+    t.ok(ms > 1500 && ms < 5000, `after the 2 s connection timeout, not before and not much later (${Math.round(ms)} ms)`)
+    await holder.query('COMMIT')
+    holding = false
+    t.same(await Promise.all(waiting), Array(10).fill(true), 'the updates that held the connections go through once the row is free')
+    t.equal((await provider.get(key))?.data.size, 11, 'and the pool serves calls again')
+  })
+
   t.test('its own pool survives the server dropping an idle connection', async function (t) {
     const table = randomTable()
     dropAfter(t, table)
