@@ -232,9 +232,10 @@ async function recordScenario (t: Test, provider: RedisProvider, raw: Raw): Prom
     t.equal(await provider.get(unowned), null)
 
     const other = newKey()
-    await raw.plantExpired(key, null)
-    t.equal(await provider.create(other, newSession(), key), false, 'create replacing it refuses')
-    t.equal(await raw.exists(key), false, 'the expired one is dropped')
+    const expired = newKey()
+    await raw.plantExpired(expired, null)
+    t.equal(await provider.create(other, newSession(), expired), false, 'create replacing it refuses')
+    t.equal(await raw.exists(expired), false, 'the expired one is dropped')
     t.equal(await raw.exists(other), false, 'nothing is created')
   })
 
