@@ -312,8 +312,9 @@ export function testProvider<P extends SessionProvider> (t: Test, options: Confo
       const provider = await open(t)
       const key = newKey()
       const first = newSession([['who', '"first"']])
-      await provider.create(key, first)
-      t.equal(await provider.create(key, newSession([['who', '"second"']])), false, 'second create answers false')
+      t.equal(await provider.create(key, first), true, 'first create answers true')
+      // a later deadline of its own, so that a store taking the second's shows
+      t.equal(await provider.create(key, newSession([['who', '"second"']], first.expiresAt + HOUR)), false, 'second create answers false')
       const stored = await provider.get(key)
       t.same(dataOf(t, stored), first.data, 'the original data is intact')
       t.equal(stored?.expiresAt, first.expiresAt, 'the original deadline is intact')
